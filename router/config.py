@@ -1,0 +1,321 @@
+"""Configuration: one YAML file, loaded and validated before any socket is bound.
+
+``load_config`` returns a frozen :class:`Config` or raises :class:`ConfigError` with one message per
+problem, each naming its key (``mtt.api_url: must be an absolute http(s) URL``). It never exits: the
+CLI turns the error into exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from router.errors import ConfigError
+
+SCOPE = "https://mtt.ru/auth.tokens.readwrite"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A ``host:port`` listen address."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MttConfig:
+    """Where MTT is and who we are to it."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    redirect_uri: str
+    oauth_url: str = "https://oauth.mtt.ru"
+    api_url: str = "https://openapi.mtt.ru"
+
+    @property
+    def callback_path(self) -> str:
+        """Path P of ``redirect_uri``: where MTT sends the browser back with ``?code=``."""
+        path = urlsplit(self.redirect_uri).path.rstrip("/")
+        return path or "/"
+
+    @property
+    def events_path(self) -> str:
+        """``P/events``: where MTT POSTs notifications."""
+        base = self.callback_path.rstrip("/")
+        return f"{base}/events"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The two listeners: public (MTT-facing) and admin (operators and Prometheus)."""
+
+    listen: HostPort = HostPort("0.0.0.0", 8080)
+    admin_listen: HostPort = HostPort("127.0.0.1", 9100)
+    admin_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """Where routing rules come from."""
+
+    source: Literal["file", "redis"] = "file"
+    path: str = "rules/example.yaml"
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    """Knobs of the decision path."""
+
+    decision_budget_ms: int = 3500
+    park: tuple[str, ...] | Literal["all"] = ()
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging output."""
+
+    format: Literal["json", "console"] = "json"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    mtt: MttConfig
+    server: ServerConfig = ServerConfig()
+    storage: str = "memory"
+    storage_prefix: str = "mtt-router:"
+    tokens_file: str = "tokens.json"
+    rules: RulesConfig = RulesConfig()
+    routing: RoutingConfig = RoutingConfig()
+    log: LogConfig = LogConfig()
+
+    @property
+    def uses_redis(self) -> bool:
+        """True when ``storage`` is a Redis URL."""
+        return self.storage != "memory"
+
+
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class _Reader:
+    """Collects every problem instead of stopping at the first one."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def section(self, data: Any, name: str, known: tuple[str, ...]) -> dict[str, Any]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            self.problems.append(f"{name}: must be a mapping")
+            return {}
+        for key in data:
+            if key not in known:
+                self.problems.append(f"{_join(name, str(key))}: unknown key")
+        return data
+
+    def string(
+        self,
+        data: Mapping[str, Any],
+        key: str,
+        where: str,
+        default: str | None = None,
+        check: Callable[[str], str | None] | None = None,
+    ) -> str:
+        name = _join(where, key)
+        value = data.get(key, default)
+        if value is None:
+            self.problems.append(f"{name}: required")
+            return ""
+        if not isinstance(value, str):
+            self.problems.append(f"{name}: must be a string, not {type(value).__name__}")
+            return ""
+        if check is not None and (problem := check(value)) is not None:
+            self.problems.append(f"{name}: {problem}")
+        return value
+
+
+def _join(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
+
+
+def _http_url(value: str) -> str | None:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"must be an absolute http(s) URL, got {value!r}"
+    return None
+
+
+def _redis_or_memory(value: str) -> str | None:
+    if value == "memory":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
+        return f"must be 'memory' or a redis:// URL, got {value!r}"
+    return None
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _host_port(reader: _Reader, data: Mapping[str, Any], key: str, default: HostPort) -> HostPort:
+    raw = data.get(key)
+    if raw is None:
+        return default
+    name = f"server.{key}"
+    if not isinstance(raw, str):
+        reader.problems.append(f"{name}: must be a 'host:port' string")
+        return default
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        reader.problems.append(f"{name}: must be 'host:port' with a port 0-65535, got {raw!r}")
+        return default
+    return HostPort(host.strip("[]"), int(port))
+
+
+def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    """Replace ``${VAR}`` in every string of a parsed YAML tree with the environment's value."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            var = match.group(1)
+            if var not in env:
+                problems.append(f"{path}: environment variable {var} is not set")
+                return ""
+            return env[var]
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, env, _join(path, str(k)), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed YAML document; raise :class:`ConfigError` listing every problem."""
+    reader = _Reader()
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): must be a mapping of sections"])
+    data = expand_env(data, os.environ if env is None else env, "", reader.problems)
+    top = reader.section(
+        data,
+        "",
+        ("mtt", "server", "storage", "storage_prefix", "tokens_file", "rules", "routing", "log"),
+    )
+
+    m = reader.section(
+        top.get("mtt"),
+        "mtt",
+        ("client_id", "client_secret", "redirect_uri", "oauth_url", "api_url"),
+    )
+    if "mtt" not in top:
+        reader.problems.append("mtt: required")
+    mtt = MttConfig(
+        client_id=reader.string(m, "client_id", "mtt", check=_non_empty),
+        client_secret=reader.string(m, "client_secret", "mtt", check=_non_empty),
+        redirect_uri=reader.string(m, "redirect_uri", "mtt", check=_http_url),
+        oauth_url=reader.string(m, "oauth_url", "mtt", "https://oauth.mtt.ru", _http_url).rstrip(
+            "/"
+        ),
+        api_url=reader.string(m, "api_url", "mtt", "https://openapi.mtt.ru", _http_url).rstrip("/"),
+    )
+
+    s = reader.section(top.get("server"), "server", ("listen", "admin_listen", "admin_token"))
+    admin_token = s.get("admin_token")
+    if admin_token is not None and (not isinstance(admin_token, str) or len(admin_token) < 16):
+        reader.problems.append("server.admin_token: must be a string of at least 16 characters")
+        admin_token = None
+    server = ServerConfig(
+        listen=_host_port(reader, s, "listen", ServerConfig.listen),
+        admin_listen=_host_port(reader, s, "admin_listen", ServerConfig.admin_listen),
+        admin_token=admin_token or None,
+    )
+
+    r = reader.section(top.get("rules"), "rules", ("source", "path"))
+    source = reader.string(r, "source", "rules", "file")
+    if source not in ("file", "redis"):
+        reader.problems.append(f"rules.source: must be 'file' or 'redis', got {source!r}")
+        source = "file"
+    rules = RulesConfig(
+        source="redis" if source == "redis" else "file",
+        path=reader.string(r, "path", "rules", "rules/example.yaml", _non_empty),
+    )
+
+    ro = reader.section(top.get("routing"), "routing", ("decision_budget_ms", "park"))
+    budget = ro.get("decision_budget_ms", 3500)
+    if isinstance(budget, bool) or not isinstance(budget, int) or not 100 <= budget <= 5000:
+        reader.problems.append(
+            f"routing.decision_budget_ms: must be an integer from 100 to 5000, got {budget!r}"
+        )
+        budget = 3500
+    park_raw = ro.get("park", [])
+    park: tuple[str, ...] | Literal["all"] = ()
+    if park_raw == "all":
+        park = "all"
+    elif isinstance(park_raw, list) and all(isinstance(n, str | int) for n in park_raw):
+        park = tuple(str(n) for n in park_raw)
+    else:
+        reader.problems.append("routing.park: must be 'all' or a list of external numbers")
+    routing = RoutingConfig(decision_budget_ms=budget, park=park)
+
+    lg = reader.section(top.get("log"), "log", ("format", "level"))
+    fmt = reader.string(lg, "format", "log", "json")
+    if fmt not in ("json", "console"):
+        reader.problems.append(f"log.format: must be 'json' or 'console', got {fmt!r}")
+        fmt = "json"
+    level = reader.string(lg, "level", "log", "info").lower()
+    if level not in _LEVELS:
+        reader.problems.append(f"log.level: must be one of {', '.join(_LEVELS)}, got {level!r}")
+        level = "info"
+    log = LogConfig(format="console" if fmt == "console" else "json", level=level)
+
+    storage = reader.string(top, "storage", "", "memory", _redis_or_memory)
+    prefix = reader.string(top, "storage_prefix", "", "mtt-router:")
+    tokens_file = reader.string(top, "tokens_file", "", "tokens.json", _non_empty)
+    if rules.source == "redis" and storage == "memory":
+        reader.problems.append("rules.source: 'redis' needs storage to be a redis:// URL")
+
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return Config(
+        mtt=mtt,
+        server=server,
+        storage=storage,
+        storage_prefix=prefix,
+        tokens_file=tokens_file,
+        rules=rules,
+        routing=routing,
+        log=log,
+    )
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the YAML config at ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from exc
+    return parse_config(data, env)

@@ -1,0 +1,229 @@
+"""MTT notifications: from wire JSON to typed, frozen values.
+
+MTT's examples disagree with each other (``accountId`` with a ``@pstn`` suffix, a ``recorded``
+event with no ``tag`` and with ``accountId`` at the top of ``callInfo``, ``reasonCode: null``), so
+every field but ``event`` and, for calls, ``call.id`` and ``state`` is optional here.
+
+Wrong *shape* (not an object, no ``event``, a ``callNotifications`` with no ``callInfo.call.id``)
+raises :class:`EventShapeError`; unknown events or states are *not* errors: they parse into
+:class:`UnknownEvent` or a :class:`CallEvent` whose ``state`` is ``CallState.UNKNOWN``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, NotRequired, TypedDict
+
+from router.errors import EventShapeError
+
+
+class CallState(enum.StrEnum):
+    """``callInfo.state`` values the document names."""
+
+    TRYING = "trying"
+    SHOWING = "showing"
+    CONNECTED = "connected"
+    HIDING = "hiding"
+    FINISHED = "finished"
+    RECORDED = "recorded"
+    UNKNOWN = "unknown"
+
+
+class CallType(enum.StrEnum):
+    """``callInfo.type``."""
+
+    INCOMING = "incoming"
+    OUTGOING = "outgoing"
+    UNKNOWN = "unknown"
+
+
+class VpbxEventType(enum.StrEnum):
+    """``vpbxNotifications`` ``eventType`` values."""
+
+    NUMBERS_CHANGED = "numbersChanged"
+    WORKPLACES_CHANGED = "workplacesChanged"
+    UNKNOWN = "unknown"
+
+
+class PartyWire(TypedDict, total=False):
+    """``callInfo.caller`` / ``callInfo.callee`` as MTT sends it."""
+
+    accountId: str
+    centrexId: str
+    displayId: str
+    displayName: str
+    forwarderList: list[str]
+    id: str
+
+
+class CallRefWire(TypedDict):
+    """``callInfo.call``: the leg's id, and a tag (absent in ``recorded``)."""
+
+    id: str
+    tag: NotRequired[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CallRef:
+    """Identifies one call leg for terminateCall/transferCall."""
+
+    id: str
+    tag: str | None = None
+
+    def wire(self) -> CallRefWire:
+        """The ``call`` object of a terminateCall/transferCall request."""
+        ref: CallRefWire = {"id": self.id}
+        if self.tag is not None:
+            ref["tag"] = self.tag
+        return ref
+
+
+@dataclass(frozen=True, slots=True)
+class Party:
+    """One side of a call (``caller`` or ``callee``)."""
+
+    id: str | None = None
+    account_id: str | None = None
+    centrex_id: str | None = None
+    display_id: str | None = None
+    display_name: str | None = None
+    forwarders: tuple[str, ...] = ()
+
+    @property
+    def number(self) -> str | None:
+        """The best available number or SIP ID for this party (``id``, then display, account)."""
+        return self.id or self.display_id or self.account_id
+
+
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """A ``callNotifications`` event."""
+
+    call: CallRef
+    state: CallState
+    type: CallType
+    caller: Party
+    callee: Party
+    transport_id: str | None = None
+    start_time: str | None = None
+    duration_s: int | None = None
+    reason: str | None = None
+    reason_code: str | None = None
+    url_record: str | None = None
+    account_id: str | None = None
+    raw_state: str = ""
+
+    @property
+    def forwarded(self) -> bool:
+        """True when the leg already went through forwarding (either side has forwarders)."""
+        return bool(self.caller.forwarders or self.callee.forwarders)
+
+
+@dataclass(frozen=True, slots=True)
+class VpbxEvent:
+    """A ``vpbxNotifications`` event: the PBX's numbers or workplaces changed."""
+
+    type: VpbxEventType
+    raw_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownEvent:
+    """An event name we do not know; counted and ignored."""
+
+    name: str
+
+
+Event = CallEvent | VpbxEvent | UnknownEvent
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _party(value: Any, where: str) -> Party:
+    if value is None:
+        return Party()
+    if not isinstance(value, dict):
+        raise EventShapeError(f"{where} must be an object")
+    forwarders = value.get("forwarderList") or []
+    if not isinstance(forwarders, list):
+        raise EventShapeError(f"{where}.forwarderList must be a list")
+    return Party(
+        id=_opt_str(value.get("id")),
+        account_id=_opt_str(value.get("accountId")),
+        centrex_id=_opt_str(value.get("centrexId")),
+        display_id=_opt_str(value.get("displayId")),
+        display_name=_opt_str(value.get("displayName")),
+        forwarders=tuple(str(f) for f in forwarders if f is not None),
+    )
+
+
+def _enum(cls: type[CallState] | type[CallType], raw: Any) -> Any:
+    text = raw.lower() if isinstance(raw, str) else ""
+    try:
+        return cls(text)
+    except ValueError:
+        return cls.UNKNOWN
+
+
+def parse_call_info(info: Any) -> CallEvent:
+    """Parse a ``callInfo`` object."""
+    if not isinstance(info, dict):
+        raise EventShapeError("result.callInfo must be an object")
+    call = info.get("call")
+    if not isinstance(call, dict) or not _opt_str(call.get("id")):
+        raise EventShapeError("result.callInfo.call.id is missing")
+    raw_state = info.get("state")
+    if not isinstance(raw_state, str) or not raw_state:
+        raise EventShapeError("result.callInfo.state is missing")
+    duration = info.get("duration")
+    return CallEvent(
+        call=CallRef(id=str(_opt_str(call.get("id"))), tag=_opt_str(call.get("tag"))),
+        state=_enum(CallState, raw_state),
+        type=_enum(CallType, info.get("type")),
+        caller=_party(info.get("caller"), "callInfo.caller"),
+        callee=_party(info.get("callee"), "callInfo.callee"),
+        transport_id=_opt_str(info.get("transportId")),
+        start_time=_opt_str(info.get("startTime")),
+        duration_s=int(duration) if isinstance(duration, int | float) else None,
+        reason=_opt_str(info.get("reason")),
+        reason_code=_opt_str(info.get("reasonCode")),
+        url_record=_opt_str(info.get("urlRecord")),
+        account_id=_opt_str(info.get("accountId")),
+        raw_state=raw_state,
+    )
+
+
+def parse_event(body: Any) -> Event:
+    """Parse a decoded webhook body; raise :class:`EventShapeError` for a wrong shape."""
+    if not isinstance(body, dict):
+        raise EventShapeError("body must be a JSON object")
+    name = body.get("event")
+    if not isinstance(name, str) or not name:
+        raise EventShapeError("'event' is missing")
+    if name == "callNotifications":
+        result = body.get("result")
+        if not isinstance(result, dict):
+            raise EventShapeError("'result' must be an object")
+        return parse_call_info(result.get("callInfo"))
+    if name == "vpbxNotifications":
+        result = body.get("result")
+        if not isinstance(result, dict):
+            raise EventShapeError("'result' must be an object")
+        raw = result.get("eventType")
+        if not isinstance(raw, str):
+            raise EventShapeError("result.eventType is missing")
+        try:
+            kind = VpbxEventType(raw)
+        except ValueError:
+            kind = VpbxEventType.UNKNOWN
+        return VpbxEvent(type=kind, raw_type=raw)
+    return UnknownEvent(name=name)

@@ -1,0 +1,1 @@
+"""Everything that speaks to MTT: OAuth 2.0 (``oauth``), tokens (``tokens``), the API (``client``)."""

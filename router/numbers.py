@@ -1,0 +1,68 @@
+"""One normal form for phone numbers, used for rules and notifications alike.
+
+MTT writes the same number as ``78124241500``, ``+78124241500``, ``88124241500`` or
+``78124241500@pstn``; people write ``+7 (812) 424-15-00``. All of them become ``78124241500``:
+E.164 digits without the ``+``. Short internal numbers and SIP IDs pass through as their digits.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import phonenumbers
+
+_SEPARATORS = re.compile(r"[\s\-().\u00a0]")
+_ALLOWED = re.compile(r"^\+?[0-9]+$")
+
+
+class NumberError(ValueError):
+    """The text is not a phone number we can normalise."""
+
+
+@lru_cache(maxsize=65536)
+def normalize(raw: str) -> str:
+    """Return the E.164 digits of ``raw`` (no ``+``); raise :class:`NumberError` if it is not one.
+
+    Russian trunk form ``8XXXXXXXXXX`` (11 digits) means ``7XXXXXXXXXX``; a ``@host`` suffix
+    (``78124241500@pstn``) is dropped. Numbers of other countries must carry ``+``.
+    """
+    text = raw.strip().split("@", 1)[0]
+    text = _SEPARATORS.sub("", text)
+    if not text or not _ALLOWED.match(text):
+        raise NumberError(f"not a phone number: {raw!r}")
+    digits = text.lstrip("+")
+    if text.startswith("+"):
+        try:
+            parsed = phonenumbers.parse(text, None)
+        except phonenumbers.NumberParseException as exc:
+            raise NumberError(f"not a phone number: {raw!r} ({exc})") from exc
+        return f"{parsed.country_code}{parsed.national_number}"
+    if len(digits) == 11 and digits[0] == "8":
+        return "7" + digits[1:]
+    if len(digits) == 10 and digits[0] == "9":
+        # A Russian mobile written without the trunk prefix (921 946-27-61).
+        return "7" + digits
+    return digits
+
+
+def normalize_prefix(raw: str) -> str:
+    """Normalise a number *prefix* (``+7812``, ``8 812``): same rules, without length checks."""
+    text = _SEPARATORS.sub("", raw.strip())
+    if not text or not _ALLOWED.match(text):
+        raise NumberError(f"not a number prefix: {raw!r}")
+    if text.startswith("+"):
+        return text[1:]
+    if text.startswith("8") and len(text) > 1:
+        return "7" + text[1:]
+    return text
+
+
+def try_normalize(raw: str | None) -> str | None:
+    """:func:`normalize`, or ``None`` for missing or unreadable input (never raises)."""
+    if not raw:
+        return None
+    try:
+        return normalize(raw)
+    except NumberError:
+        return None

@@ -1,0 +1,5 @@
+"""Fixture modules live in tests/fixtures/, one per area."""
+
+pytest_plugins = [
+    "tests.fixtures.net",
+]
