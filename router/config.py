@@ -197,7 +197,7 @@ def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str
             var = match.group(1)
             if var not in env:
                 problems.append(f"{path}: environment variable {var} is not set")
-                return ""
+                return match.group(0)
             return env[var]
 
         return _ENV_REF.sub(sub, value)

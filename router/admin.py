@@ -1,0 +1,117 @@
+"""The admin listener (loopback by default): metrics, health, readiness, status, OAuth start.
+
+It shares the daemon's :class:`~router.services.Services` with the public app, which owns them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from router.services import SERVICES, Services
+
+PUBLIC_APP = web.AppKey("public_app", web.Application)
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[PUBLIC_APP][SERVICES]
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    services = _services(request)
+    body = generate_latest(services.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 only with a usable token, rules loaded and the storage answering; else 503 saying why."""
+    services = _services(request)
+    checks: dict[str, str] = {}
+    problems: list[str] = []
+    if services.tokens.needs_login or services.tokens.tokens is None:
+        checks["token"] = "needs login: open /oauth/start on the admin listener"
+        problems.append("token")
+    else:
+        checks["token"] = "ok"
+    if services.rules.current is None:
+        checks["rules"] = "no rules" + (
+            f" ({services.rules.last_error})" if services.rules.last_error else ""
+        )
+        problems.append("rules")
+    else:
+        checks["rules"] = "ok"
+    if await services.stores.ping():
+        checks["storage"] = "ok"
+    else:
+        checks["storage"] = "down"
+        problems.append("storage")
+    status = 503 if problems else 200
+    return web.json_response({"ready": not problems, "checks": checks}, status=status)
+
+
+async def oauth_start(request: web.Request) -> web.Response:
+    """302 to MTT's authorize page with a fresh single-use ``state``."""
+    url = await _services(request).tokens.begin_login()
+    raise web.HTTPFound(url)
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+async def status(request: web.Request) -> web.Response:
+    """Operator's overview: tokens' expiry (never the tokens), rules, directory, engine."""
+    services = _services(request)
+    loaded = services.rules.current
+    rules: dict[str, Any] = {"loaded": loaded is not None, "last_error": services.rules.last_error}
+    if loaded is not None:
+        rules |= {
+            "version": loaded.version,
+            "source": loaded.source,
+            "loaded_at": _iso(loaded.loaded_at),
+            "counts": loaded.rules.counts(),
+        }
+    directory = services.directory
+    body = {
+        "started_at": _iso(services.started_at),
+        "tokens": services.tokens.status(),
+        "rules": rules,
+        "directory": {
+            "numbers": sorted(directory.raw_numbers) if directory.numbers is not None else None,
+            "parked_numbers": sorted(directory.parked),
+            "workplaces": (
+                None
+                if directory.workplaces is None
+                else [{"workplace": k, "name": v} for k, v in sorted(directory.workplaces.items())]
+            ),
+        },
+        "engine": {
+            "inflight": services.engine.inflight,
+            "busy": sorted(services.stores.presence.busy()),
+        },
+        "storage": "redis" if services.config.uses_redis else "memory",
+    }
+    return web.json_response(body)
+
+
+def create_admin_app(public_app: web.Application) -> web.Application:
+    """The admin application; start it after ``public_app``, whose services it reads."""
+    app = web.Application()
+    app[PUBLIC_APP] = public_app
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/oauth/start", oauth_start)
+    app.router.add_get("/status", status)
+    return app

@@ -1,0 +1,138 @@
+"""Where the daemon's rules come from, and how a new version replaces the old one.
+
+:class:`RulesHolder` keeps the rules in use; a reload parses off the event loop and swaps the
+reference in one assignment, so a decision sees either the old rules or the new ones, never a mix.
+An invalid edit keeps the last good rules, logs one line and counts
+``mtt_router_rules_reloads_total{result="error"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from router.errors import RulesError
+from router.metrics import Metrics
+from router.rules.loader import load_rules, load_rules_file
+from router.rules.model import Rules
+
+log = structlog.get_logger("router.rules")
+
+FILE_POLL_INTERVAL_S = 1.0
+"""How often the rules file's metadata is checked for changes (a stat(), off the event loop)."""
+
+
+@dataclass(frozen=True)
+class LoadedRules:
+    """Rules in use, with where they came from and which version they are."""
+
+    rules: Rules
+    version: int
+    source: str
+    loaded_at: float
+
+
+class RulesHolder:
+    """The current rules. Readers take ``holder.current`` once per decision."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self.current: LoadedRules | None = None
+        self.last_error: str | None = None
+        self.changed = asyncio.Event()
+
+    def install(self, rules: Rules, version: int, source: str) -> None:
+        """Make ``rules`` the rules in use."""
+        self.current = LoadedRules(rules, version, source, time.time())
+        self.last_error = None
+        self._metrics.rules_reloads.labels("ok").inc()
+        self._metrics.rules_version.set(version)
+        for kind, count in rules.counts().items():
+            self._metrics.rules_entries.labels(kind).set(count)
+        log.info("rules_loaded", source=source, version=version, **rules.counts())
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def reject(self, source: str, error: Exception) -> None:
+        """Record a failed load; the rules in use stay as they are."""
+        lines = error.lines() if isinstance(error, RulesError) else [f"{source}: {error}"]
+        self.last_error = "; ".join(lines)
+        self._metrics.rules_reloads.labels("error").inc()
+        log.error(
+            "rules_rejected",
+            source=source,
+            problems=lines,
+            kept_version=self.current.version if self.current else None,
+        )
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class FileRulesSource:
+    """Rules from a YAML file, reloaded when the file changes and on :meth:`reload` (SIGHUP)."""
+
+    def __init__(self, path: str | os.PathLike[str], holder: RulesHolder) -> None:
+        self.path = Path(path)
+        self.holder = holder
+        self._signature: tuple[int, int, int] | None = None
+        self._version = 0
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the file once and start watching it."""
+        await self.reload("start")
+        self._task = asyncio.create_task(self._watch(), name="rules-file-watch")
+
+    async def close(self) -> None:
+        """Stop watching."""
+        if self._task is not None:
+            self._task.cancel("rules source closing")
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def reload(self, reason: str) -> bool:
+        """Parse the file in a thread and install it; False (rules kept) if it is invalid."""
+        async with self._lock:
+            signature = await asyncio.to_thread(_file_signature, self.path)
+            try:
+                rules = await asyncio.to_thread(load_rules_file, self.path)
+            except (RulesError, OSError, UnicodeDecodeError) as exc:
+                self._signature = signature
+                if isinstance(exc, OSError):
+                    exc = RulesError(str(self.path), [(0, f"cannot read: {exc.strerror or exc}")])
+                self.holder.reject(str(self.path), exc)
+                return False
+            self._signature = signature
+            self._version += 1
+            log.info("rules_reload", reason=reason, path=str(self.path))
+            self.holder.install(rules, self._version, str(self.path))
+            return True
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(FILE_POLL_INTERVAL_S)
+            try:
+                signature = await asyncio.to_thread(_file_signature, self.path)
+                if signature is not None and signature != self._signature:
+                    await self.reload("file changed")
+            except Exception:  # the watcher must outlive any surprise; say so once per event
+                log.exception("rules_watch_failed", path=str(self.path))
+
+
+def parse_rules_text(text: str, source: str) -> Rules:
+    """Validate rules text (for `rules push` and the Redis source); raises :class:`RulesError`."""
+    return load_rules(text, source)

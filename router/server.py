@@ -1,0 +1,123 @@
+"""The public listener: what MTT (and the operator's browser, once) talks to.
+
+- ``GET P?code=&state=``: the OAuth callback.
+- ``POST P/events``: notifications. Acknowledged at once; the work goes on in the background.
+  Bad input gets 400/413 with a short reason, never a 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+
+import orjson
+import structlog
+from aiohttp import web
+from prometheus_client import Counter
+
+from router.config import Config
+from router.errors import AuthError, EventShapeError, UpstreamError
+from router.events import CallEvent, Event, VpbxEvent, parse_event
+from router.metrics import Metrics
+from router.services import CONFIG, METRICS, SERVICES, services_ctx
+
+log = structlog.get_logger("router.server")
+
+MAX_BODY_BYTES = 1024 * 1024
+"""Notifications are a few hundred bytes; anything over 1 MiB is refused with 413."""
+
+_OK = b"ok"
+
+
+class _NotificationCounter:
+    """``notifications_total{event,state}`` with label children cached (hot path)."""
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._children: dict[tuple[str, str], Counter] = {}
+
+    def inc(self, event: Event) -> None:
+        if isinstance(event, CallEvent):
+            key = ("callNotifications", event.state.value)
+        elif isinstance(event, VpbxEvent):
+            key = ("vpbxNotifications", event.type.value)
+        else:
+            key = ("unknown", "")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._counter.labels(*key)
+        child.inc()
+
+
+NOTIFICATIONS = web.AppKey("notification_counter", _NotificationCounter)
+
+
+def _bad(request: web.Request, status: int, reason: str, metric_reason: str) -> web.Response:
+    request.app[METRICS].bad_requests.labels(metric_reason).inc()
+    log.warning("bad_notification", status=status, reason=reason, peer=request.remote)
+    return web.Response(status=status, text=reason + "\n")
+
+
+async def events(request: web.Request) -> web.Response:
+    """``POST P/events``: parse, count, hand to the engine, answer 200."""
+    received_at = asyncio.get_running_loop().time()
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return _bad(request, 413, "body over 1 MiB", "too_large")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _bad(request, 413, "body over 1 MiB", "too_large")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return _bad(request, 400, f"malformed JSON: {exc}", "malformed_json")
+    try:
+        event = parse_event(data)
+    except EventShapeError as exc:
+        return _bad(request, 400, f"not a notification: {exc}", "wrong_shape")
+    request.app[NOTIFICATIONS].inc(event)
+    request.app[SERVICES].engine.handle(event, received_at)
+    return web.Response(body=_OK)
+
+
+def _page(title: str, text: str, status: int = 200) -> web.Response:
+    body = (
+        "<!doctype html><meta charset=utf-8><title>mtt-router</title>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"
+    )
+    return web.Response(status=status, text=body, content_type="text/html")
+
+
+async def oauth_callback(request: web.Request) -> web.Response:
+    """``GET P?code=&state=``: check the state, exchange the code, store the tokens."""
+    services = request.app[SERVICES]
+    query = request.query
+    if "error" in query:
+        log.warning("oauth_denied", error=query.get("error"))
+        return _page("Authorisation refused", f"MTT said: {query.get('error')}", 400)
+    code, state = query.get("code"), query.get("state")
+    if not code or not state:
+        return _page("mtt-router", "This is the OAuth callback of mtt-router.", 400)
+    try:
+        await services.tokens.complete_login(code, state)
+    except AuthError as exc:
+        log.warning("oauth_callback_refused", error=str(exc))
+        return _page("Authorisation failed", str(exc), 400)
+    except UpstreamError as exc:
+        log.warning("oauth_callback_upstream_failed", error=str(exc))
+        return _page("MTT did not answer", f"{exc}. Try again from /oauth/start.", 502)
+    services.directory.request_refresh()
+    log.info("oauth_login_complete")
+    return _page("Authorised", "mtt-router may now use the MTT API. You can close this page.")
+
+
+def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
+    """The public application; its cleanup context owns every resource of the daemon."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[CONFIG] = config
+    app[METRICS] = metrics if metrics is not None else Metrics()
+    app[NOTIFICATIONS] = _NotificationCounter(app[METRICS].notifications)
+    app.cleanup_ctx.append(services_ctx)
+    app.router.add_get(config.mtt.callback_path, oauth_callback)
+    app.router.add_post(config.mtt.events_path, events)
+    return app

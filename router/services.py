@@ -1,0 +1,107 @@
+"""Everything the daemon runs on, built and torn down in one cleanup context.
+
+:func:`services_ctx` is the single place where resources are opened (HTTP session, stores, token
+manager, rules source, directory, engine) and closed again in reverse order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from router.config import Config
+from router.directory import Directory
+from router.engine import Engine
+from router.metrics import Metrics
+from router.mtt.auth import TokenManager
+from router.mtt.client import MttClient, make_session
+from router.mtt.oauth import OAuthClient
+from router.rules.source import FileRulesSource, RulesHolder
+from router.state.factory import Stores, open_stores
+
+log = structlog.get_logger("router")
+
+
+@dataclass
+class Services:
+    """The daemon's long-lived parts, shared by the public and the admin app."""
+
+    config: Config
+    metrics: Metrics
+    session: aiohttp.ClientSession
+    stores: Stores
+    tokens: TokenManager
+    mtt: MttClient
+    rules: RulesHolder
+    rules_source: FileRulesSource | None
+    directory: Directory
+    engine: Engine
+    started_at: float
+
+    async def reload_rules(self, reason: str) -> bool:
+        """Reload the rules (SIGHUP); False when the new rules were rejected."""
+        if self.rules_source is None:
+            return False
+        return await self.rules_source.reload(reason)
+
+
+SERVICES = web.AppKey("services", Services)
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+
+
+async def services_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: open every resource, yield while serving, close them in reverse order."""
+    config, metrics = app[CONFIG], app[METRICS]
+    async with contextlib.AsyncExitStack() as stack:
+        session = make_session()
+        stack.push_async_callback(session.close)
+        stores = await open_stores(config, metrics)
+        stack.push_async_callback(stores.aclose)
+        tokens = TokenManager(
+            OAuthClient(session, config.mtt, metrics), stores.tokens, stores.states, metrics
+        )
+        await tokens.start()
+        stack.push_async_callback(tokens.close)
+        mtt = MttClient(session, config.mtt.api_url, tokens, metrics)
+        holder = RulesHolder(metrics)
+        source = None
+        if config.rules.source == "file":
+            source = FileRulesSource(config.rules.path, holder)
+            await source.start()
+            stack.push_async_callback(source.close)
+        directory = Directory(mtt, metrics, park=config.routing.park)
+        directory.start()
+        stack.push_async_callback(directory.close)
+        engine = Engine(
+            metrics=metrics,
+            client=mtt,
+            rules=holder,
+            directory=directory,
+            claims=stores.claims,
+            presence=stores.presence,
+            budget_ms=config.routing.decision_budget_ms,
+        )
+        # Closed first: in-flight decisions finish (bounded by the budget) while the session,
+        # tokens and stores they use are still open.
+        stack.push_async_callback(engine.drain, config.routing.decision_budget_ms / 1000 + 0.5)
+        app[SERVICES] = Services(
+            config=config,
+            metrics=metrics,
+            session=session,
+            stores=stores,
+            tokens=tokens,
+            mtt=mtt,
+            rules=holder,
+            rules_source=source,
+            directory=directory,
+            engine=engine,
+            started_at=time.time(),
+        )
+        yield

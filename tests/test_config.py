@@ -1,0 +1,140 @@
+"""Configuration loading and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from router.config import HostPort, load_config, parse_config
+from router.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+MINIMAL = {
+    "mtt": {
+        "client_id": "ccb350cc-6218-40b0-b134-3d290f00b9e7",
+        "client_secret": "secret",
+        "redirect_uri": "https://router.example.ru/mtt",
+    }
+}
+
+
+def test_example_config_is_valid_and_documents_every_key() -> None:
+    """config.example.yaml loads, and every key the loader knows appears in it."""
+    config = load_config(ROOT / "config.example.yaml", env={"MTT_CLIENT_SECRET": "s3cret"})
+    assert config.mtt.client_secret == "s3cret"
+    assert config.server.listen == HostPort("0.0.0.0", 8080)
+    text = (ROOT / "config.example.yaml").read_text()
+    for key in (
+        "client_id", "client_secret", "redirect_uri", "oauth_url", "api_url", "listen",
+        "admin_listen", "admin_token", "storage:", "storage_prefix", "tokens_file", "source",
+        "path", "decision_budget_ms", "park", "format", "level",
+    ):  # fmt: skip
+        assert key in text
+
+
+def test_defaults_match_the_spec() -> None:
+    """Only mtt is required; the rest takes SPEC §4's defaults."""
+    config = parse_config(MINIMAL, env={})
+    assert config.mtt.oauth_url == "https://oauth.mtt.ru"
+    assert config.mtt.api_url == "https://openapi.mtt.ru"
+    assert config.server.admin_listen == HostPort("127.0.0.1", 9100)
+    assert config.storage == "memory"
+    assert config.tokens_file == "tokens.json"
+    assert config.rules.source == "file"
+    assert config.rules.path == "rules/example.yaml"
+    assert config.routing.decision_budget_ms == 3500
+    assert config.routing.park == ()
+    assert (config.log.format, config.log.level) == ("json", "info")
+
+
+@pytest.mark.parametrize(
+    ("redirect_uri", "callback", "events"),
+    [
+        ("https://host", "/", "/events"),
+        ("https://host/", "/", "/events"),
+        ("https://host/mtt", "/mtt", "/mtt/events"),
+        ("https://host/a/b/", "/a/b", "/a/b/events"),
+    ],
+)
+def test_paths_derive_from_redirect_uri(redirect_uri: str, callback: str, events: str) -> None:
+    """The callback and events paths come from the path P of redirect_uri."""
+    data = {"mtt": {**MINIMAL["mtt"], "redirect_uri": redirect_uri}}
+    mtt = parse_config(data, env={}).mtt
+    assert (mtt.callback_path, mtt.events_path) == (callback, events)
+
+
+def test_env_expansion() -> None:
+    """${VAR} is read from the environment; a missing variable names the key."""
+    data = {"mtt": {**MINIMAL["mtt"], "client_secret": "${SECRET}"}}
+    assert parse_config(data, env={"SECRET": "x1"}).mtt.client_secret == "x1"
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={})
+    assert info.value.problems == ["mtt.client_secret: environment variable SECRET is not set"]
+
+
+def test_every_problem_is_reported_with_its_key() -> None:
+    """Unknown keys, wrong types and bad URLs are all listed, one line each, naming the key."""
+    data = {
+        "mtt": {"client_id": 5, "redirect_uri": "router.example.ru", "api_url": "ftp://x"},
+        "server": {"listen": "8080", "colour": "blue"},
+        "routing": {"decision_budget_ms": 9000, "park": 7},
+        "log": {"format": "xml"},
+        "storage": "postgres://db",
+        "extra": 1,
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={})
+    problems = info.value.problems
+    expected_prefixes = [
+        "extra: unknown key",
+        "mtt.client_id: must be a string",
+        "mtt.client_secret: required",
+        "mtt.redirect_uri: must be an absolute http(s) URL",
+        "mtt.api_url: must be an absolute http(s) URL",
+        "server.colour: unknown key",
+        "server.listen: must be 'host:port'",
+        "routing.decision_budget_ms: must be an integer",
+        "routing.park: must be 'all' or a list",
+        "log.format: must be 'json' or 'console'",
+        "storage: must be 'memory' or a redis:// URL",
+    ]
+    for prefix in expected_prefixes:
+        assert any(p.startswith(prefix) for p in problems), (prefix, problems)
+    assert len(problems) == len(expected_prefixes)
+
+
+def test_redis_rules_need_redis_storage() -> None:
+    """rules.source: redis with memory storage is refused."""
+    with pytest.raises(ConfigError, match=r"rules.source: 'redis' needs storage"):
+        parse_config({**MINIMAL, "rules": {"source": "redis"}}, env={})
+
+
+def test_secret_not_in_repr() -> None:
+    """A config's repr never shows the client secret or the admin token."""
+    data = {**MINIMAL, "server": {"admin_token": "adm1n-t0ken-very-long"}}
+    config = parse_config(data, env={})
+    assert "secret" not in repr(config.mtt).replace("client_secret", "")
+    assert "adm1n-t0ken-very-long" not in repr(config)
+
+
+def test_yaml_errors_name_the_line(tmp_path: Path) -> None:
+    """Broken YAML is a ConfigError naming the file and line."""
+    path = tmp_path / "c.yaml"
+    path.write_text("mtt:\n  client_id: [unclosed\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0].startswith(f"{path}:")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    """A missing file is a ConfigError, not a traceback."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_park_all_and_list() -> None:
+    """routing.park accepts 'all' or a list of numbers."""
+    assert parse_config({**MINIMAL, "routing": {"park": "all"}}, env={}).routing.park == "all"
+    park = parse_config({**MINIMAL, "routing": {"park": [78005560251]}}, env={}).routing.park
+    assert park == ("78005560251",)
