@@ -3,6 +3,7 @@
 MTT writes the same number as ``78124241500``, ``+78124241500``, ``88124241500`` or
 ``78124241500@pstn``; people write ``+7 (812) 424-15-00``. All of them become ``78124241500``:
 E.164 digits without the ``+``. Short internal numbers and SIP IDs pass through as their digits.
+A ``tel:``/``sip:`` scheme and the ``00`` international prefix (``0049...``) are understood too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import phonenumbers
 
 _SEPARATORS = re.compile(r"[\s\-().\u00a0]")
 _ALLOWED = re.compile(r"^\+?[0-9]+$")
+_SCHEME = re.compile(r"^(?:tel|sips?):", re.IGNORECASE)
+# "00" + country code + number: at least 8 digits after the prefix, so short codes like 001 stay.
+_MIN_INTERNATIONAL_AFTER_00 = 8
 
 
 class NumberError(ValueError):
@@ -27,17 +31,22 @@ def normalize(raw: str) -> str:
     Russian trunk form ``8XXXXXXXXXX`` (11 digits) means ``7XXXXXXXXXX``; a ``@host`` suffix
     (``78124241500@pstn``) is dropped. Numbers of other countries must carry ``+``.
     """
-    text = raw.strip().split("@", 1)[0]
+    text = _SCHEME.sub("", raw.strip()).split("@", 1)[0]
     text = _SEPARATORS.sub("", text)
     if not text or not _ALLOWED.match(text):
         raise NumberError(f"not a phone number: {raw!r}")
+    if text.startswith("00") and len(text) - 2 >= _MIN_INTERNATIONAL_AFTER_00:
+        text = "+" + text[2:]
     digits = text.lstrip("+")
     if text.startswith("+"):
         try:
             parsed = phonenumbers.parse(text, None)
         except phonenumbers.NumberParseException as exc:
             raise NumberError(f"not a phone number: {raw!r} ({exc})") from exc
-        return f"{parsed.country_code}{parsed.national_number}"
+        # format_number keeps a significant leading zero (Italy: +39 06 ...) that
+        # national_number alone would drop.
+        e164: str = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        return e164[1:]
     if len(digits) == 11 and digits[0] == "8":
         return "7" + digits[1:]
     if len(digits) == 10 and digits[0] == "9":
