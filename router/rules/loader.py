@@ -1,0 +1,417 @@
+"""Rules file (format version 1) -> :class:`Rules`, or :class:`RulesError` naming every bad line.
+
+The YAML is *composed* (not constructed): validation walks the node tree, so every problem carries
+the line of its node, duplicate keys (which PyYAML would silently collapse) are caught, and scalars
+are read as written (``09:00`` is not the sexagesimal integer 540, ``0079...`` is not octal).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from datetime import date
+from importlib import resources
+from zoneinfo import ZoneInfo
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from router.errors import RulesError
+from router.numbers import NumberError, normalize, normalize_prefix
+from router.rules.model import FORMAT_VERSION, Manager, Otherwise, Rules
+from router.rules.schedule import (
+    WEEKDAYS,
+    Schedule,
+    ScheduleSyntaxError,
+    Span,
+    describe,
+    parse_date,
+    parse_hours,
+    parse_weekdays,
+)
+
+TOP_LEVEL_KEYS = ("version", "timezone", "managers", "schedules", "clients", "prefixes", "fallback")
+MANAGER_KEYS = ("workplace", "name", "schedule")
+FALLBACK_KEYS = ("managers", "otherwise")
+EXAMPLE_RULES = "example_rules.yaml"  # in router/data/, a copy of rules/example.yaml
+
+_NULL = "tag:yaml.org,2002:null"
+_INT = "tag:yaml.org,2002:int"
+_MERGE = "tag:yaml.org,2002:merge"
+_ID = re.compile(r"^\w[\w.-]*$")
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Checker:
+    """Collects problems while walking the node tree; helpers return None after reporting one."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[int, str]] = []
+
+    def fail(self, node: Node, message: str) -> None:
+        self.problems.append((_line(node), message))
+
+    def items(self, node: Node | None, where: str) -> Iterator[tuple[ScalarNode, Node]]:
+        """Key/value nodes of a mapping (null = empty); reports non-mappings and duplicate keys."""
+        if node is None or (isinstance(node, ScalarNode) and node.tag == _NULL):
+            return
+        if not isinstance(node, MappingNode):
+            self.fail(node, f"{where} must be a mapping")
+            return
+        first_line: dict[str, int] = {}
+        for key, value in node.value:
+            if not isinstance(key, ScalarNode) or key.tag == _NULL:
+                self.fail(key, f"{where}: keys must be plain text")
+                continue
+            if key.tag == _MERGE:
+                self.fail(key, f"{where}: merge keys (<<) are not supported")
+                continue
+            if key.value in first_line:
+                first = first_line[key.value]
+                self.fail(key, f'duplicate key "{key.value}" in {where} (first on line {first})')
+                continue  # the first one counts, as a reader of the file would expect
+            first_line[key.value] = _line(key)
+            yield key, value
+
+    def text(self, node: Node, where: str) -> str | None:
+        """A scalar's text as written; reports lists, mappings and empty values."""
+        if isinstance(node, ScalarNode) and node.tag != _NULL and node.value.strip():
+            return str(node.value).strip()
+        self.fail(node, f"{where} must be a non-empty value")
+        return None
+
+    def texts(self, node: Node, where: str) -> list[tuple[Node, str]]:
+        """A scalar or a list of scalars, as (node, text) pairs."""
+        if isinstance(node, SequenceNode):
+            pairs = [(item, self.text(item, f"an item of {where}")) for item in node.value]
+            return [(item, text) for item, text in pairs if text is not None]
+        text = self.text(node, where)
+        return [] if text is None else [(node, text)]
+
+
+def load_rules(text: str, source: str = "<rules>") -> Rules:
+    """Parse and validate rules; raise :class:`RulesError` listing *all* problems, with lines."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        raise RulesError(source, [(line, f"not valid YAML: {exc.problem or exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise RulesError(source, [(0, f"not valid YAML: {exc}")]) from None
+    if root is None:
+        raise RulesError(source, [(1, "the rules file is empty (see rules/README.md)")])
+    if not isinstance(root, MappingNode):
+        raise RulesError(source, [(_line(root), "the rules file must be a mapping of keys")])
+    check = _Checker()
+    rules = _Parser(check, text).parse(root)
+    if check.problems or rules is None:
+        raise RulesError(source, check.problems)
+    return rules
+
+
+class _Parser:
+    """One pass over a rules document; cross-references use *declared* names, so a broken
+    manager is reported once and not again at every client that names it."""
+
+    def __init__(self, check: _Checker, text: str) -> None:
+        self.check = check
+        self.text = text
+        self.timezone = ZoneInfo("UTC")  # replaced by the file's; keeps schedules checkable
+        self.schedule_names: set[str] = set()
+        self.manager_names: set[str] = set()
+
+    def parse(self, root: MappingNode) -> Rules | None:
+        top = {
+            key.value: (key, value)
+            for key, value in self.check.items(root, "the rules file")
+            if self._known(key, TOP_LEVEL_KEYS, "top level: ")
+        }
+        version = self._version(root, top.get("version"))
+        tz_ok = self._timezone(root, top.get("timezone"))
+        schedules = self._schedules(_value(top.get("schedules")))
+        managers = self._managers(_value(top.get("managers")), schedules)
+        clients = self._numbers(_value(top.get("clients")), "clients", normalize, "client number")
+        prefixes = self._numbers(_value(top.get("prefixes")), "prefixes", _prefix, "prefix")
+        fallback, otherwise = self._fallback(_value(top.get("fallback")))
+        if version is None or not tz_ok:
+            return None
+        return Rules(
+            version=version,
+            timezone=self.timezone,
+            managers=managers,
+            schedules=schedules,
+            clients=clients,
+            prefixes=prefixes,
+            fallback=fallback,
+            otherwise=otherwise,
+            digest=hashlib.sha256(self.text.encode()).hexdigest()[:12],
+        )
+
+    def _known(self, key: ScalarNode, allowed: tuple[str, ...], where: str) -> bool:
+        if key.value in allowed:
+            return True
+        expected = ", ".join(allowed)
+        self.check.fail(key, f'{where}unknown key "{key.value}" (expected one of: {expected})')
+        return False
+
+    def _version(self, root: Node, entry: tuple[ScalarNode, Node] | None) -> int | None:
+        if entry is None:
+            self.check.fail(root, f"version is missing (add: version: {FORMAT_VERSION})")
+            return None
+        node = entry[1]
+        if isinstance(node, ScalarNode) and node.tag == _INT and node.value == str(FORMAT_VERSION):
+            return FORMAT_VERSION
+        shown = "a list or mapping"
+        if isinstance(node, ScalarNode):
+            shown = node.value if node.tag == _INT else f'"{node.value}" (text)'
+        self.check.fail(node, f"version must be {FORMAT_VERSION} (this format), got {shown}")
+        return None
+
+    def _timezone(self, root: Node, entry: tuple[ScalarNode, Node] | None) -> bool:
+        if entry is None:
+            self.check.fail(root, 'timezone is missing (e.g. timezone: "Europe/Moscow")')
+            return False
+        name = self.check.text(entry[1], "timezone")
+        if name is None:
+            return False
+        try:
+            self.timezone = ZoneInfo(name)
+        except (KeyError, ValueError, OSError):
+            self.check.fail(
+                entry[1], f'unknown timezone "{name}": use an IANA name like Europe/Moscow'
+            )
+            return False
+        return True
+
+    def _name(self, key: ScalarNode, what: str) -> bool:
+        if _ID.match(key.value):
+            return True
+        self.check.fail(key, f'bad {what} "{key.value}": use letters, digits, "_", "-" or "."')
+        return False
+
+    def _schedules(self, node: Node | None) -> dict[str, Schedule]:
+        schedules: dict[str, Schedule] = {}
+        for key, body in self.check.items(node, "schedules"):
+            self.schedule_names.add(key.value)
+            if self._name(key, "schedule name"):
+                schedule = self._schedule(key.value, body)
+                if schedule is not None:
+                    schedules[key.value] = schedule
+        return schedules
+
+    def _schedule(self, name: str, node: Node) -> Schedule | None:
+        where = f"schedule {name}"
+        days: list[tuple[Span, ...]] = [()] * 7
+        day_line: dict[int, int] = {}
+        entries: list[tuple[str, tuple[Span, ...]]] = []
+        except_dates: set[date] = set()
+        before = len(self.check.problems)
+        for key, value in self.check.items(node, where):
+            if key.value == "except":
+                for item, text in self.check.texts(value, f"{where}: except"):
+                    try:
+                        except_dates.add(parse_date(text))
+                    except ScheduleSyntaxError as exc:
+                        self.check.fail(item, f"{where}: {exc}")
+                continue
+            try:
+                weekdays = parse_weekdays(key.value)
+            except ScheduleSyntaxError as exc:
+                self.check.fail(key, f"{where}: {exc}")
+                continue
+            hours = [text for _, text in self.check.texts(value, f"{where}: {key.value}")]
+            try:
+                spans = parse_hours(hours)
+            except ScheduleSyntaxError as exc:
+                self.check.fail(value, f"{where}: {exc}")
+                continue
+            for day in weekdays:
+                if day in day_line:
+                    self.check.fail(
+                        key, f"{where}: {WEEKDAYS[day]} is already set on line {day_line[day]}"
+                    )
+                    continue
+                day_line[day] = _line(key)
+                days[day] = spans
+            entries.append((key.value, spans))
+        if len(self.check.problems) > before:
+            return None
+        return Schedule(
+            name=name,
+            timezone=self.timezone,
+            days=tuple(days),
+            except_dates=frozenset(except_dates),
+            text=describe(entries),
+        )
+
+    def _managers(self, node: Node | None, schedules: dict[str, Schedule]) -> dict[str, Manager]:
+        managers: dict[str, Manager] = {}
+        for key, body in self.check.items(node, "managers"):
+            self.manager_names.add(key.value)
+            if not self._name(key, "manager id"):
+                continue
+            manager = self._manager(key, body, schedules)
+            if manager is not None:
+                managers[manager.id] = manager
+        return managers
+
+    def _manager(
+        self, key: ScalarNode, node: Node, schedules: dict[str, Schedule]
+    ) -> Manager | None:
+        where = f"manager {key.value}"
+        fields: dict[str, tuple[ScalarNode, Node]] = {}
+        for field_key, value in self.check.items(node, where):
+            if self._known(field_key, MANAGER_KEYS, f"{where}: "):
+                fields[field_key.value] = (field_key, value)
+        if not isinstance(node, MappingNode) and not _is_null(node):
+            return None  # already reported by items()
+        before = len(self.check.problems)
+        workplace = None
+        if "workplace" not in fields:
+            self.check.fail(key, f"{where}: workplace is missing (the SIP ID of the manager's РМ)")
+        else:
+            workplace = self.check.text(fields["workplace"][1], f"{where}: workplace")
+            if workplace is not None and not _DIGITS.match(workplace):
+                self.check.fail(
+                    fields["workplace"][1],
+                    f'{where}: workplace must be the digits of a SIP ID, got "{workplace}"'
+                    " (see `mtt-router pbx workplaces`)",
+                )
+        name = None
+        if "name" in fields and not _is_null(fields["name"][1]):
+            name = self.check.text(fields["name"][1], f"{where}: name")
+        schedule = None
+        if "schedule" in fields and not _is_null(fields["schedule"][1]):
+            schedule_node = fields["schedule"][1]
+            schedule_name = self.check.text(schedule_node, f"{where}: schedule")
+            if schedule_name is not None and schedule_name not in self.schedule_names:
+                self.check.fail(
+                    schedule_node,
+                    f'{where}: unknown schedule "{schedule_name}"{_choices(self.schedule_names)}',
+                )
+            elif schedule_name is not None:
+                schedule = schedules.get(schedule_name)
+        if len(self.check.problems) > before or workplace is None:
+            return None
+        return Manager(id=key.value, workplace=workplace, name=name, schedule=schedule)
+
+    def _manager_ref(self, node: Node, where: str) -> str | None:
+        manager = self.check.text(node, where)
+        if manager is not None and manager not in self.manager_names:
+            self.check.fail(
+                node, f'{where}: unknown manager "{manager}"{_choices(self.manager_names)}'
+            )
+            return None
+        return manager
+
+    def _numbers(
+        self, node: Node | None, where: str, norm: Callable[[str], str], what: str
+    ) -> dict[str, str]:
+        """``clients`` or ``prefixes``: number -> manager, unique after normalisation."""
+        result: dict[str, str] = {}
+        first: dict[str, tuple[int, str]] = {}
+        for key, value in self.check.items(node, where):
+            raw = key.value
+            try:
+                number = norm(raw)
+            except NumberError:
+                self.check.fail(key, f'{where}: bad {what} "{raw}": not a phone number')
+                number = None
+            if number is not None and number in first:
+                line, first_raw = first[number]
+                self.check.fail(
+                    key,
+                    f'{where}: duplicate {what} "{raw}" = {number} after normalisation '
+                    f'(first on line {line} as "{first_raw}")',
+                )
+                number = None
+            manager = self._manager_ref(value, f'{where}: "{raw}"')
+            if number is not None:
+                first[number] = (_line(key), raw)
+                if manager is not None:
+                    result[number] = manager
+        return result
+
+    def _fallback(self, node: Node | None) -> tuple[tuple[str, ...], Otherwise]:
+        managers: list[str] = []
+        otherwise = Otherwise.PBX
+        for key, value in self.check.items(node, "fallback"):
+            if not self._known(key, FALLBACK_KEYS, "fallback: "):
+                continue
+            if key.value == "managers":
+                if _is_null(value):
+                    continue
+                for item, _ in self.check.texts(value, "fallback.managers"):
+                    manager = self._manager_ref(item, "fallback.managers")
+                    if manager is not None and manager in managers:
+                        self.check.fail(item, f'fallback.managers: "{manager}" is listed twice')
+                    elif manager is not None:
+                        managers.append(manager)
+            else:
+                text = self.check.text(value, "fallback.otherwise")
+                if text is not None:
+                    try:
+                        otherwise = Otherwise(text)
+                    except ValueError:
+                        self.check.fail(
+                            value, f'fallback.otherwise must be pbx or wait, got "{text}"'
+                        )
+        return tuple(managers), otherwise
+
+
+def _value(entry: tuple[ScalarNode, Node] | None) -> Node | None:
+    return None if entry is None else entry[1]
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL
+
+
+def _prefix(raw: str) -> str:
+    prefix = normalize_prefix(raw)
+    if not _DIGITS.match(prefix):
+        raise NumberError(raw)
+    return prefix
+
+
+def _choices(names: set[str]) -> str:
+    if not names:
+        return " (none are defined)"
+    shown = sorted(names)
+    more = f", ... {len(shown) - 8} more" if len(shown) > 8 else ""
+    return f" (known: {', '.join(shown[:8])}{more})"
+
+
+def load_rules_file(path: str | os.PathLike[str]) -> Rules:
+    """Read and load a rules file (blocking: the daemon calls it in a thread).
+
+    An unreadable file is a :class:`RulesError` too (line 0), so a reload has one error to catch.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8-sig") as f:  # -sig: Windows editors add a BOM
+            text = f.read()
+    except OSError as exc:
+        raise RulesError(
+            source, [(0, f"cannot read the rules file: {exc.strerror or exc}")]
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise RulesError(source, [(0, f"the rules file is not UTF-8 text: {exc.reason}")]) from None
+    return load_rules(text, source)
+
+
+def example_rules_text() -> str:
+    """The example rules shipped inside the package (``router/data/example_rules.yaml``)."""
+    return resources.files("router").joinpath("data", EXAMPLE_RULES).read_text(encoding="utf-8")
+
+
+def load_example_rules() -> Rules:
+    """The example rules as :class:`Rules` (embedded defaults for ``mtt-router demo``)."""
+    return load_rules(example_rules_text(), f"<package>/data/{EXAMPLE_RULES}")
