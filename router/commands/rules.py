@@ -1,0 +1,211 @@
+"""``mtt-router rules check|explain``: validate a rules file, and show how a call would be routed.
+
+Other actions of the ``rules`` group (``push``/``pull`` with Redis) live in their own modules:
+each module named in :data:`RULES_ACTION_MODULES` that exists has ``register_rules(actions)``
+called with the group's subparsers, the same way :mod:`router.cli` loads command modules.
+:func:`load_rules_or_report` is there for them too: it loads a file and prints its problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from router.errors import RulesError
+from router.numbers import try_normalize
+from router.routing import Action, Decision, decide
+from router.rules.loader import load_rules_file
+from router.rules.model import Rules
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: Modules adding more actions to ``mtt-router rules`` (each with ``register_rules(actions)``).
+RULES_ACTION_MODULES = ("router.commands.rules_store",)
+
+Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
+
+
+def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """Add the ``rules`` command group with ``check`` and ``explain`` (and any extensions)."""
+    parser = sub.add_parser(
+        "rules",
+        help="check routing rules and explain decisions",
+        description="Validate routing rules and show how a call would be routed.",
+    )
+    parser.set_defaults(handler=partial(_group_usage, parser))
+    actions = parser.add_subparsers(dest="rules_command", metavar="ACTION")
+    register_check(actions)
+    register_explain(actions)
+    for name in RULES_ACTION_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # not built yet
+        module.register_rules(actions)
+
+
+def _group_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def register_check(actions: Subparsers[argparse.ArgumentParser]) -> None:
+    """Add ``rules check PATH``."""
+    parser = actions.add_parser(
+        "check",
+        help="validate a rules file",
+        description="Validate a rules file: exit 0, or 1 with a `PATH:LINE: message` per problem.",
+    )
+    parser.add_argument("path", metavar="PATH", help="the rules file (YAML, format version 1)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(handler=_check)
+
+
+def register_explain(actions: Subparsers[argparse.ArgumentParser]) -> None:
+    """Add ``rules explain --rules PATH CALLER ...``."""
+    parser = actions.add_parser(
+        "explain",
+        help="show how a call would be routed, and why",
+        description="Print the decision the daemon would take for a parked call, and why.",
+    )
+    parser.add_argument("caller", metavar="CALLER", help="the caller's number, in any format")
+    parser.add_argument("--rules", required=True, metavar="PATH", help="the rules file")
+    parser.add_argument("--callee", metavar="NUMBER", help="the external number called (shown)")
+    parser.add_argument(
+        "--at",
+        type=parse_at,
+        metavar="ISO-8601",
+        help="when the call arrives (default: now; without an offset: rules-local time)",
+    )
+    parser.add_argument(
+        "--busy",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="WORKPLACE",
+        help="workplaces to treat as on a call (put CALLER before this option)",
+    )
+    parser.add_argument(
+        "--workplaces",
+        nargs="+",
+        action="extend",
+        metavar="WORKPLACE",
+        help="workplaces MTT lists; others are skipped (default: do not check)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the decision as JSON")
+    parser.set_defaults(handler=_explain)
+
+
+def parse_at(text: str) -> datetime:
+    """``--at`` value: an ISO-8601 date-time (``2027-01-11T10:00+03:00``, ``...Z``, or local)."""
+    try:
+        return datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO-8601 date-time: {text!r} (e.g. 2027-01-11T10:00+03:00)"
+        ) from None
+
+
+def load_rules_or_report(path: str) -> Rules | None:
+    """Load ``path``; on problems print them (``PATH:LINE: message``) to stdout and return None."""
+    try:
+        return load_rules_file(path)
+    except RulesError as exc:
+        for line in exc.lines():
+            print(line)
+        count = len(exc.problems)
+        print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    path: str = args.path
+    if args.json:
+        try:
+            rules = load_rules_file(path)
+        except RulesError as exc:
+            problems = [{"line": line, "message": message} for line, message in exc.problems]
+            _print_json({"path": path, "ok": False, "problems": problems})
+            return EXIT_FAILED
+        _print_json({"path": path, "ok": True, **_summary(rules)})
+        return EXIT_OK
+    loaded = load_rules_or_report(path)
+    if loaded is None:
+        return EXIT_FAILED
+    counts = ", ".join(f"{kind}: {count}" for kind, count in loaded.counts().items())
+    print(f"{path}: OK ({counts}; otherwise: {loaded.otherwise}; timezone: {loaded.timezone.key})")
+    return EXIT_OK
+
+
+def _summary(rules: Rules) -> dict[str, Any]:
+    return {
+        "version": rules.version,
+        "timezone": rules.timezone.key,
+        "digest": rules.digest,
+        "counts": rules.counts(),
+        "otherwise": rules.otherwise.value,
+    }
+
+
+def _explain(args: argparse.Namespace) -> int:
+    rules = load_rules_or_report(args.rules)
+    if rules is None:
+        return EXIT_FAILED
+    at: datetime = args.at if args.at is not None else datetime.now(UTC)
+    at = at.replace(tzinfo=rules.timezone) if at.tzinfo is None else at
+    decision = decide(
+        args.caller,
+        rules,
+        now=at,
+        busy=frozenset(args.busy),
+        known_workplaces=None if args.workplaces is None else frozenset(args.workplaces),
+    )
+    local = at.astimezone(rules.timezone)
+    if args.json:
+        out = decision.to_json()
+        out["at"] = local.isoformat()
+        out["callee"] = try_normalize(args.callee) or args.callee
+        out["rules"] = {"path": args.rules, **_summary(rules)}
+        _print_json(out)
+        return EXIT_OK
+    for line in _explain_lines(args, rules, decision, local):
+        print(line)
+    return EXIT_OK
+
+
+def _explain_lines(
+    args: argparse.Namespace, rules: Rules, decision: Decision, local: datetime
+) -> list[str]:
+    caller = f"{args.caller!r} (unreadable)" if args.caller else "(none)"
+    if decision.caller is not None:
+        caller = f"{args.caller} -> {decision.caller}"
+    lines = [f"caller:   {caller}"]
+    if args.callee is not None:
+        callee = try_normalize(args.callee) or args.callee
+        lines.append(f"callee:   {callee} (format 1 rules route by caller only)")
+    lines.append(f"at:       {local:%Y-%m-%d %H:%M %a} ({rules.timezone.key})")
+    if decision.action is Action.TRANSFER:
+        for i, target in enumerate(decision.targets):
+            label = rules.managers[target.manager].label
+            head = "decision: transfer to" if i == 0 else "next:                 "
+            lines.append(f"{head} {label} at {target.workplace} [{target.via}]")
+    elif decision.action is Action.TERMINATE:
+        lines.append(
+            "decision: terminate (terminateCall: the PBX routes the call its usual way now)"
+        )
+    else:
+        lines.append("decision: wait (no command: the PBX routes the call when parking ends)")
+    lines.append("why:")
+    lines.extend(f"  - {reason}" for reason in decision.reasons)
+    return lines
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    print(json.dumps(data, ensure_ascii=False, indent=2))
