@@ -83,7 +83,10 @@ class _Checker:
         """A scalar's text as written; reports lists, mappings and empty values."""
         if isinstance(node, ScalarNode) and node.tag != _NULL and node.value.strip():
             return str(node.value).strip()
-        self.fail(node, f"{where} must be a non-empty value")
+        if isinstance(node, ScalarNode):
+            self.fail(node, f"{where} must not be empty")
+        else:
+            self.fail(node, f"{where} must be a single value, not a list or mapping")
         return None
 
     def texts(self, node: Node, where: str) -> list[tuple[Node, str]]:
@@ -102,7 +105,11 @@ def load_rules(text: str, source: str = "<rules>") -> Rules:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
-        raise RulesError(source, [(line, f"not valid YAML: {exc.problem or exc}")]) from None
+        message = f"not valid YAML: {exc.problem or exc}"
+        if exc.context and exc.context_mark is not None:
+            # The context often says where the real mistake began (an unclosed quote).
+            message += f" ({exc.context} on line {exc.context_mark.line + 1})"
+        raise RulesError(source, [(line, message)]) from None
     except yaml.YAMLError as exc:
         raise RulesError(source, [(0, f"not valid YAML: {exc}")]) from None
     if root is None:
