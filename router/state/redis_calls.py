@@ -1,0 +1,283 @@
+"""Per-call claims and presence (who is on a call) in Redis, with local fallbacks.
+
+Keys (``P`` is ``storage_prefix``):
+
+- ``P claim:<call id>`` — SET NX PX: the first replica to set it decides the call.
+- ``P presence`` — sorted set of ``<workplace>|<call id>`` scored by expiry (Redis time, ms);
+  expired members are trimmed on every write and the key's TTL covers its longest member.
+- ``P presence:changed`` — channel: one JSON message per change, applied by the other replicas.
+
+Both keep working while Redis is down: a claim falls back to this process's memory (so one replica
+never decides a call twice), and presence keeps and serves its local view, writing the changes
+made meanwhile back to Redis once it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import socket
+import time
+from collections import OrderedDict
+
+import structlog
+
+from router.errors import StorageError
+from router.state.redis_conn import RedisOps
+from router.state.redis_pubsub import Subscriber
+
+log = structlog.get_logger("router.state")
+
+LOCAL_CLAIMS_MAX = 100_000
+PRESENCE_SYNC_S = 2.0
+
+_BUSY_LUA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"""
+
+_FREE_LUA = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+_SNAPSHOT_LUA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+return {now, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')}
+"""
+
+
+def replica_id() -> str:
+    """``host:pid``: stored as the owner of claims, to tell replicas apart when debugging."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LocalClaims:
+    """In-process claims with expiry, bounded to ``max_entries`` (the oldest go first)."""
+
+    def __init__(self, max_entries: int = LOCAL_CLAIMS_MAX) -> None:
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self.max_entries = max_entries
+
+    def claim(self, call_id: str, ttl_s: float) -> bool:
+        """True for the first claim of ``call_id`` within ``ttl_s``, False for any other."""
+        now = time.monotonic()
+        expiry = self._expiry.get(call_id)
+        if expiry is not None and expiry > now:
+            return False
+        self._expiry[call_id] = now + ttl_s
+        self._expiry.move_to_end(call_id)
+        # Claims share one TTL in practice, so expired ones gather at the front.
+        while self._expiry:
+            oldest, oldest_expiry = next(iter(self._expiry.items()))
+            if oldest_expiry > now and len(self._expiry) <= self.max_entries:
+                break
+            del self._expiry[oldest]
+        return True
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+
+class RedisCallClaims:
+    """:class:`~router.state.CallClaims` across replicas (SET NX PX), falling back to memory.
+
+    The local claim is taken first and kept, so a call claimed while Redis was up is not claimed
+    again here while it is down (and vice versa). While Redis is down, two *different* replicas
+    could both claim a call: that is the price of deciding at all.
+    """
+
+    def __init__(self, ops: RedisOps, *, local: LocalClaims | None = None) -> None:
+        self._ops = ops
+        self._local = local if local is not None else LocalClaims()
+        self._owner = replica_id()
+
+    async def claim(self, call_id: str, ttl_s: float) -> bool:
+        """True for the first claimant of ``call_id`` within ``ttl_s`` on any replica."""
+        if not self._local.claim(call_id, ttl_s):
+            return False
+        client = self._ops.client
+        ttl_ms = max(1, int(ttl_s * 1000))
+        key = self._ops.key("claim", call_id)
+        try:
+            got = await self._ops.run(
+                "claim", lambda: client.set(key, self._owner, nx=True, px=ttl_ms)
+            )
+        except StorageError as exc:
+            log.warning("claim_local_fallback", call_id=call_id, error=str(exc))
+            return True
+        return bool(got)
+
+
+class RedisPresence:
+    """:class:`~router.state.Presence` shared through Redis, read from a local view.
+
+    ``busy()`` never waits on Redis. The view follows this replica's own changes at once, other
+    replicas' via pub/sub, and a full snapshot on every (re)subscription and every
+    ``sync_interval_s``. Redis failures are counted and logged, never raised.
+    """
+
+    def __init__(self, ops: RedisOps, *, sync_interval_s: float = PRESENCE_SYNC_S) -> None:
+        self._ops = ops
+        self.key = ops.key("presence")
+        self.channel = ops.key("presence", "changed")
+        self._busy_script = ops.client.register_script(_BUSY_LUA)
+        self._free_script = ops.client.register_script(_FREE_LUA)
+        self._snapshot_script = ops.client.register_script(_SNAPSHOT_LUA)
+        # workplace -> call id -> expiry (time.monotonic())
+        self._view: dict[str, dict[str, float]] = {}
+        # Changes Redis has not accepted yet: (workplace, call id) -> expiry, or None for "free".
+        self._unsynced: dict[tuple[str, str], float | None] = {}
+        # While a snapshot is in flight, the changes to replay on top of it.
+        self._journal: list[tuple[str, str, float | None]] | None = None
+        self._sync_lock = asyncio.Lock()
+        self._busy: frozenset[str] | None = None
+        self._busy_valid_until = math.inf
+        self.subscriber = Subscriber(
+            ops.client,
+            self.channel,
+            name="presence",
+            on_message=self._on_message,
+            on_connect=self._resync,
+            on_tick=self._resync,
+            tick_s=sync_interval_s,
+        )
+
+    def start(self) -> None:
+        """Start following other replicas."""
+        self.subscriber.start()
+
+    async def aclose(self) -> None:
+        """Stop following other replicas."""
+        await self.subscriber.aclose()
+
+    def busy(self) -> frozenset[str]:
+        """Workplaces on a call now (local view; never blocks, recomputed only after a change)."""
+        now = time.monotonic()
+        if self._busy is None or now >= self._busy_valid_until:
+            busy: set[str] = set()
+            soonest = math.inf
+            for workplace, calls in self._view.items():
+                live = [expiry for expiry in calls.values() if expiry > now]
+                if live:
+                    busy.add(workplace)
+                    soonest = min(soonest, *live)
+            self._busy = frozenset(busy)
+            self._busy_valid_until = soonest
+        return self._busy
+
+    async def set_busy(self, workplace: str, call_id: str, ttl_s: float) -> None:
+        """Mark ``workplace`` on ``call_id`` here at once, then in Redis (for ``ttl_s``)."""
+        self._apply(workplace, call_id, time.monotonic() + ttl_s)
+        try:
+            await self._write(workplace, call_id, ttl_s)
+        except StorageError as exc:
+            self._unsynced[(workplace, call_id)] = time.monotonic() + ttl_s
+            log.warning("presence_local_only", workplace=workplace, error=str(exc))
+
+    async def set_free(self, workplace: str, call_id: str) -> None:
+        """Mark the end of ``call_id`` on ``workplace`` here at once, then in Redis."""
+        self._apply(workplace, call_id, None)
+        try:
+            await self._write(workplace, call_id, None)
+        except StorageError as exc:
+            self._unsynced[(workplace, call_id)] = None
+            log.warning("presence_local_only", workplace=workplace, error=str(exc))
+
+    async def sync(self) -> bool:
+        """Write back unsynced changes, then take Redis' view; False (view kept) if Redis failed."""
+        async with self._sync_lock:
+            try:
+                await self._sync()
+            except StorageError:
+                return False
+            return True
+
+    async def _resync(self) -> None:
+        await self.sync()
+
+    async def _sync(self) -> None:
+        now = time.monotonic()
+        for (workplace, call_id), expiry in list(self._unsynced.items()):
+            if expiry is not None and expiry <= now:
+                del self._unsynced[(workplace, call_id)]
+                continue
+            ttl_s = None if expiry is None else expiry - now
+            await self._write(workplace, call_id, ttl_s)
+            self._unsynced.pop((workplace, call_id), None)
+        journal: list[tuple[str, str, float | None]] = []
+        self._journal = journal
+        try:
+            now_ms, flat = await self._ops.run(
+                "presence.sync", lambda: self._snapshot_script(keys=[self.key])
+            )
+        finally:
+            self._journal = None
+        local_now = time.monotonic()
+        view: dict[str, dict[str, float]] = {}
+        for member, score in zip(flat[::2], flat[1::2], strict=True):
+            workplace, _, call_id = str(member).partition("|")
+            remaining_s = (float(score) - float(now_ms)) / 1000
+            view.setdefault(workplace, {})[call_id] = local_now + remaining_s
+        self._view = view
+        self._busy = None
+        for workplace, call_id, expiry in journal:
+            self._apply(workplace, call_id, expiry)
+
+    async def _write(self, workplace: str, call_id: str, ttl_s: float | None) -> None:
+        member = f"{workplace}|{call_id}"
+        if ttl_s is None:
+            message = json.dumps({"op": "free", "workplace": workplace, "call_id": call_id})
+            await self._ops.run(
+                "presence.set_free",
+                lambda: self._free_script(keys=[self.key], args=[member, self.channel, message]),
+            )
+            return
+        ttl_ms = max(1, int(ttl_s * 1000))
+        message = json.dumps(
+            {"op": "busy", "workplace": workplace, "call_id": call_id, "ttl_ms": ttl_ms}
+        )
+        await self._ops.run(
+            "presence.set_busy",
+            lambda: self._busy_script(
+                keys=[self.key], args=[member, ttl_ms, self.channel, message]
+            ),
+        )
+
+    def _apply(self, workplace: str, call_id: str, expiry: float | None) -> None:
+        self._busy = None
+        if self._journal is not None:
+            self._journal.append((workplace, call_id, expiry))
+        now = time.monotonic()
+        calls = self._view.setdefault(workplace, {})
+        if expiry is None:
+            calls.pop(call_id, None)
+        else:
+            calls[call_id] = expiry
+        for stale in [c for c, e in calls.items() if e <= now]:
+            del calls[stale]
+        if not calls:
+            del self._view[workplace]
+
+    async def _on_message(self, data: str) -> None:
+        try:
+            message = json.loads(data)
+            workplace, call_id = str(message["workplace"]), str(message["call_id"])
+            if message["op"] == "busy":
+                self._apply(workplace, call_id, time.monotonic() + int(message["ttl_ms"]) / 1000)
+            else:
+                self._apply(workplace, call_id, None)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("presence_bad_message", error=str(exc))
