@@ -80,5 +80,9 @@ class InvalidGrantError(AuthError):
     """The token endpoint refused the code or refresh token (``invalid_grant``)."""
 
 
+class InvalidStateError(AuthError):
+    """An OAuth callback's ``state`` is unknown, expired or already used: nothing is stored."""
+
+
 class StorageError(RouterError, ConnectionError):
     """The shared storage (Redis) did not answer in time; callers fall back to local state."""

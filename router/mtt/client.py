@@ -1,0 +1,325 @@
+"""The MTT API client: every method of the document, typed results, deadlines to the millisecond.
+
+* One long-lived :class:`aiohttp.ClientSession` (see :func:`make_session`) is passed in: one
+  keep-alive pool for the process.
+* Every call has a deadline (absolute ``loop.time()`` for the hot path, ``timeout_s`` otherwise),
+  enforced with :func:`asyncio.timeout_at` (exact; aiohttp's ``ClientTimeout`` rounds 5 s and more
+  up to a whole second). Retries and token refreshes happen inside that same deadline.
+* Retries: reads and ``setParkingNumbers`` (idempotent) on 5xx and connection errors; writes only
+  when the connection could not even be opened (MTT cannot have applied them). A 401 refreshes the
+  token once and retries once; a second 401 is an :class:`AuthError`.
+* Errors are typed (:mod:`router.errors`): timeout, connection, auth, client 4xx with MTT's
+  message (also for a 200 carrying ``"success": 0`` or an ``error`` object), server 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+import aiohttp
+import structlog
+from yarl import URL
+
+from router.errors import (
+    AuthError,
+    ClientRequestError,
+    ServerError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from router.events import CallRef
+from router.metrics import Metrics
+from router.mtt._http import connection_error, decode_json, error_message
+from router.mtt.auth import TokenManager
+from router.mtt.models import (
+    ExternalNumber,
+    Parsed,
+    Terminal,
+    Workplace,
+    parse_call_id,
+    parse_numbers,
+    parse_terminals,
+    parse_workplaces,
+)
+
+T = TypeVar("T")
+
+EXTERNAL_NUMBERS = "externalNumbersInfo"
+WORKPLACES = "workPlacesInfo"
+WORKPLACES_ALT = "workplacesInfo"
+"""The document's curl example spells it this way; tried once if ``workPlacesInfo`` is a 404."""
+TERMINALS = "terminalsInfo"
+MAKE_CALL = "makeCall"
+TERMINATE_CALL = "terminateCall"
+TRANSFER_CALL = "transferCall"
+SET_PARKING = "setParkingNumbers"
+METHODS = (
+    EXTERNAL_NUMBERS,
+    WORKPLACES,
+    TERMINALS,
+    MAKE_CALL,
+    TERMINATE_CALL,
+    TRANSFER_CALL,
+    SET_PARKING,
+)
+
+MAX_ATTEMPTS = 3
+RETRY_BASE_S = 0.05
+RETRY_MAX_S = 1.0
+MIN_ATTEMPT_S = 0.05
+"""A retry is not started with less than this left before the deadline: it could not finish."""
+
+_JSON = "application/json"
+
+
+def make_session(
+    *,
+    limit: int = 100,
+    keepalive_timeout_s: float = 30.0,
+    dns_ttl_s: int = 300,
+    user_agent: str = "mtt-router",
+) -> aiohttp.ClientSession:
+    """The process's one session to MTT (call inside a running loop; close it in a cleanup_ctx).
+
+    No session-wide timeout: each call brings its own deadline. ``ceil_threshold`` is raised so
+    that a timeout someone does set on a request is not rounded up to a whole second either.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=limit,
+        limit_per_host=limit,
+        keepalive_timeout=keepalive_timeout_s,
+        ttl_dns_cache=dns_ttl_s,
+        timeout_ceil_threshold=3600,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, ceil_threshold=3600),
+        headers={"User-Agent": user_agent, "Accept": _JSON},
+        raise_for_status=False,
+    )
+
+
+def _body(params: dict[str, Any]) -> bytes:
+    return json.dumps({"params": params}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class MttClient:
+    """Typed access to every MTT API method over one shared session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_url: str,
+        tokens: TokenManager,
+        metrics: Metrics,
+        *,
+        default_timeout_s: float = 5.0,
+    ) -> None:
+        self._session = session
+        self._base = api_url.rstrip("/")
+        self._tokens = tokens
+        self._metrics = metrics
+        self._default_timeout_s = default_timeout_s
+        self._urls = {name: URL(f"{self._base}/{name}") for name in (*METHODS, WORKPLACES_ALT)}
+        self._workplaces_path = WORKPLACES
+        # Resolved once: the hot path should not look labels up on every request.
+        self._seconds = {m: metrics.api_request_seconds.labels(m) for m in METHODS}
+
+    def __repr__(self) -> str:
+        return f"MttClient(api_url={self._base!r})"
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def external_numbers(self, *, timeout_s: float | None = None) -> list[ExternalNumber]:
+        """The account's external numbers (``GET /externalNumbersInfo``)."""
+        result = await self._call(EXTERNAL_NUMBERS, "GET", None, self._deadline(timeout_s), True)
+        return self._items(EXTERNAL_NUMBERS, parse_numbers(result))
+
+    async def workplaces(self, *, timeout_s: float | None = None) -> list[Workplace]:
+        """The PBX's workplaces with their SIP IDs (``GET /workPlacesInfo``)."""
+        deadline = self._deadline(timeout_s)
+        try:
+            result = await self._call(WORKPLACES, "GET", None, deadline, True)
+        except ClientRequestError as exc:
+            if exc.status != 404 or self._workplaces_path == WORKPLACES_ALT:
+                raise
+            structlog.get_logger("router.mtt").info(
+                "mtt_path_fallback", method=WORKPLACES, path=WORKPLACES_ALT
+            )
+            self._workplaces_path = WORKPLACES_ALT
+            result = await self._call(WORKPLACES, "GET", None, deadline, True)
+        return self._items(WORKPLACES, parse_workplaces(result))
+
+    async def terminals(self, *, timeout_s: float | None = None) -> list[Terminal]:
+        """Terminals and the workplaces they belong to (``GET /terminalsInfo``)."""
+        result = await self._call(TERMINALS, "GET", None, self._deadline(timeout_s), True)
+        return self._items(TERMINALS, parse_terminals(result))
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def make_call(
+        self, caller_id: str, callee_id: str, *, timeout_s: float | None = None
+    ) -> str:
+        """Ring workplace ``caller_id``, then connect it to ``callee_id``; returns the call id."""
+        body = _body({"callerId": caller_id, "calleeId": callee_id})
+        result = await self._call(MAKE_CALL, "POST", body, self._deadline(timeout_s), False)
+        call_id = parse_call_id(result)
+        if call_id is None:
+            raise ServerError(f"{MAKE_CALL}: answer has no call id", method=MAKE_CALL, status=200)
+        return call_id
+
+    async def terminate_call(
+        self, call: CallRef, transport_id: str | None, *, deadline: float
+    ) -> None:
+        """End the parked leg so the PBX routes the call its usual way at once."""
+        params: dict[str, Any] = {"call": call.wire()}
+        if transport_id is not None:
+            params["transportId"] = transport_id
+        await self._call(TERMINATE_CALL, "POST", _body(params), deadline, False)
+
+    async def transfer_call(
+        self, call: CallRef, callee_id: str, transport_id: str | None, *, deadline: float
+    ) -> None:
+        """Send the call to workplace ``callee_id`` (a SIP ID)."""
+        params: dict[str, Any] = {"call": call.wire(), "calleeId": callee_id}
+        if transport_id is not None:
+            params["transportId"] = transport_id
+        await self._call(TRANSFER_CALL, "POST", _body(params), deadline, False)
+
+    async def set_parking(
+        self, numbers: Sequence[str], is_parking: bool, *, timeout_s: float | None = None
+    ) -> None:
+        """Put external ``numbers`` on parking (or take them off)."""
+        body = _body({"numbers": list(numbers), "isParking": is_parking})
+        # Setting a state is idempotent: a retry after a 5xx cannot do harm.
+        await self._call(SET_PARKING, "POST", body, self._deadline(timeout_s), True)
+
+    # -- machinery --------------------------------------------------------------------------
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        timeout = self._default_timeout_s if timeout_s is None else timeout_s
+        return asyncio.get_running_loop().time() + timeout
+
+    @staticmethod
+    def _items(method: str, parsed: Parsed[T]) -> list[T]:
+        if parsed.skipped:
+            structlog.get_logger("router.mtt").warning(
+                "mtt_entries_skipped", method=method, skipped=parsed.skipped
+            )
+        return parsed.items
+
+    async def _call(
+        self, method: str, verb: str, body: bytes | None, deadline: float, idempotent: bool
+    ) -> Any:
+        """Send with retries inside ``deadline``; return the answer's ``result`` (or the body)."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        reauthorised = False
+        while True:
+            attempt += 1
+            token = self._tokens.cached_access_token()
+            if token is None:
+                token = await _within(self._tokens.access_token(), deadline, method)
+            try:
+                status, raw = await self._send(method, verb, body, token, deadline)
+            except UpstreamConnectionError as exc:
+                if (idempotent or exc.retryable) and await _backoff(loop, attempt, deadline):
+                    continue
+                raise
+            if status == 401:
+                if reauthorised:
+                    raise AuthError(
+                        f"{method}: MTT refused a freshly refreshed token (401)",
+                        method=method,
+                        status=401,
+                    )
+                reauthorised = True
+                await _within(self._tokens.refresh_after_401(token), deadline, method)
+                continue
+            if status >= 500 and idempotent and await _backoff(loop, attempt, deadline):
+                continue
+            return _result(method, status, raw)
+
+    async def _send(
+        self, method: str, verb: str, body: bytes | None, token: str, deadline: float
+    ) -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        code = "timeout"
+        headers = {"Authorization": "Bearer " + token}
+        if body is not None:
+            headers["Content-Type"] = _JSON
+        url = self._urls[self._workplaces_path if method == WORKPLACES else method]
+        try:
+            async with (
+                asyncio.timeout_at(deadline),
+                self._session.request(verb, url, data=body, headers=headers) as resp,
+            ):
+                raw = await resp.read()
+                code = str(resp.status)
+                return resp.status, raw
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                f"{method}: no answer before the deadline", method=method
+            ) from None
+        except aiohttp.ClientError as exc:
+            code = "connection"
+            raise connection_error(exc, method) from exc
+        finally:
+            self._metrics.api_requests.labels(method, code).inc()
+            self._seconds[method].observe(loop.time() - started)
+
+
+async def _within(awaitable: Awaitable[str], deadline: float, method: str) -> str:
+    """Wait for a token no longer than the call's deadline (the refresh itself carries on)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await awaitable
+    except UpstreamError:
+        raise
+    except TimeoutError:
+        raise UpstreamTimeoutError(
+            f"{method}: deadline passed while waiting for a token", method=method
+        ) from None
+
+
+async def _backoff(loop: asyncio.AbstractEventLoop, attempt: int, deadline: float) -> bool:
+    """Sleep before retry ``attempt + 1``; False when no retry is left or it would not fit."""
+    if attempt >= MAX_ATTEMPTS:
+        return False
+    delay = min(RETRY_BASE_S * 2 ** (attempt - 1), RETRY_MAX_S)
+    if loop.time() + delay + MIN_ATTEMPT_S >= deadline:
+        return False
+    await asyncio.sleep(delay)
+    return True
+
+
+def _result(method: str, status: int, raw: bytes) -> Any:
+    """The ``result`` of a 2xx answer, or the typed error for anything else."""
+    if status >= 300:
+        message = error_message(raw)
+        text = f"{method}: MTT answered {status}" + (f": {message}" if message else "")
+        if status >= 500:
+            raise ServerError(text, method=method, status=status)
+        raise ClientRequestError(text, method=method, status=status, mtt_message=message)
+    data = decode_json(raw)
+    if raw and data is None:
+        raise ServerError(f"{method}: answer is not JSON", method=method, status=status)
+    if not isinstance(data, dict):
+        return data
+    result = data.get("result", data)
+    if data.get("error") or _failed(data) or _failed(result):
+        message = error_message(raw) or "success: 0"
+        raise ClientRequestError(
+            f"{method}: MTT refused: {message}", method=method, status=status, mtt_message=message
+        )
+    return result
+
+
+def _failed(value: Any) -> bool:
+    """True for an answer that says ``"success": 0`` (or false) in so many words."""
+    return isinstance(value, dict) and "success" in value and value["success"] in (0, False, "0")
