@@ -2,4 +2,5 @@
 
 pytest_plugins = [
     "tests.fixtures.net",
+    "tests.fixtures.sim",
 ]

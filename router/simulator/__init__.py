@@ -1,0 +1,120 @@
+"""MTT simulator: OAuth, the Open API, a PBX, a call generator and fault knobs, on one server.
+
+It plays MTT for the daemon's tests, ``mtt-router demo``, ``mtt-router bench`` and
+``mtt-router simulate``. Payloads copy MTT's document, inconsistencies included; the call
+sequence follows :mod:`router.callmodel`. Point both ``mtt.oauth_url`` and ``mtt.api_url`` at
+``sim.url`` and set ``sim.webhook_url`` to the daemon's ``<redirect_uri>/events``.
+
+Python API (stable)
+-------------------
+``SimConfig(...)``
+    Frozen settings; defaults are the document's account: client_id
+    ``ccb350cc-6218-40b0-b134-3d290f00b9e7``, secret ``iNmTWpDLeYkyzkUTVuCQwa``, numbers
+    ``74996497803`` and ``78005560251`` (all parked), four workplaces starting with
+    ``883140777716581``, parking window 5.0 s, access token 7200 s, refresh token 3 days.
+    Call timing (``answer_after_ms``, ``ring_timeout_ms``, ``talk_ms``, ``record_delay_ms``,
+    ``callee_answer_ms``) is in ms; ``answer_overrides={sip_id: ms or None}`` (None: never answers);
+    ``routes={number: (sip_id, ...)}`` is the PBX's own order (default: every workplace);
+    ``terminals_key`` (``"terminals_list"`` or ``"terminalsList"``); ``redirect_uri=None`` accepts
+    any; ``webhook_url``; ``seed`` for reproducible ids.
+``create_sim_app(config=None, *, sim=None) -> web.Application``
+    The app; the :class:`Simulator` is ``app[SIM_KEY]``. The webhook ``ClientSession`` lives in a
+    cleanup context; every timer and delivery is cancelled when the app stops.
+``async with serve_simulator(config=None, *, host="127.0.0.1", port=0) as sim``
+    Serves a fresh app; ``sim.url`` is ``http://127.0.0.1:<port>``.
+``Simulator``
+    ``webhook_url`` (read/write, any time) ·
+    ``start_call(caller, callee, *, forwarders=(), talk_ms=None, answer=None) -> SimCall``
+    (synchronous, ``trying`` goes out in the background: the bench's fast path) ·
+    ``await place_call(...same...) -> SimCall`` (returns once the webhook answered ``trying``) ·
+    ``make_call(workplace, number) -> SimCall`` · ``call(id) -> SimCall | None`` · ``calls()`` ·
+    ``set_answer(sip_id, after_ms | None)`` · ``set_parking(numbers, on)`` ·
+    ``await set_numbers(numbers)`` / ``await set_workplaces({sip_id: name})`` (send
+    ``numbersChanged`` / ``workplacesChanged``) · ``await notify_vpbx(event_type)`` ·
+    ``issue_tokens() -> {access_token, expires_in, refresh_token, scope, token_type}`` ·
+    ``revoke_access_tokens()`` · ``expire_access_tokens()`` · ``revoke_refresh_tokens()`` ·
+    ``faults`` (:class:`Faults`: ``set(endpoint, EndpointFault(latency_ms, status, drop, rate,
+    count))``, ``token_endpoint_down(503 | "drop" | None)``, ``storm_401 = N``,
+    ``duplicate_trying = N``, ``clear()``) · ``requests_to(endpoint=None) -> [RequestRecord]`` ·
+    ``stats()`` · ``tokens.grants["authorization_code" | "refresh_token" | "direct"]`` ·
+    ``await reset()`` · ``pbx`` (numbers, parked, workplaces, ``is_busy``).
+``SimCall``
+    ``id``, ``tag``, ``transport_id``, ``type``, ``caller``, ``callee``, ``parked``, ``outcome``
+    (:class:`CallOutcome`: transferred, terminated, pbx_timeout, not_parked, forwarded, outgoing),
+    ``command`` (the accepted :class:`CommandRecord`: kind, workplace, received_at), ``refused``
+    (refused commands, ``refusal``: late, duplicate, not_parked, bad_params), ``late``,
+    ``trying_sent_at`` / ``trying_sent_at_wall``, ``deadline``, ``decision_latency_s`` (first
+    command received minus ``trying`` sent, monotonic), ``tried`` (workplaces rung), ``workplace``
+    (who answered), ``notifications`` (each with ``state``, ``sent_at``, ``status``, ``payload``),
+    ``states``; ``await wait_trying()``, ``await wait_outcome() -> CallOutcome``,
+    ``await wait_done()`` (events, no polling).
+
+HTTP API
+--------
+OAuth: ``GET /oauth/authorize?response_type=code&client_id&redirect_uri&scope&state`` -> 302 to
+``redirect_uri?code=..&state=..`` (no login page; bad client or redirect_uri -> 400 JSON);
+``POST /oauth/token`` (form): ``authorization_code`` or ``refresh_token`` -> the document's five
+keys; codes are single-use, refresh tokens rotate; bad grant -> 400 ``{"error": "invalid_grant"}``,
+bad client -> 401 ``{"error": "invalid_client"}``.
+
+API (Bearer; one path segment, any case): ``GET /externalNumbersInfo``, ``/workPlacesInfo``,
+``/terminalsInfo``; ``POST /makeCall``, ``/terminateCall``, ``/transferCall``,
+``/setParkingNumbers`` with ``{"params": {...}}``. Missing, unknown or expired token -> 401;
+bad params -> 400; unknown call -> 404; a command after the parking window, a second command or
+one for a call that is not parked -> 400. Errors are ``{"error": {"code": N, "message": "..."}}``.
+
+Control (no auth): ``GET|POST /_sim/calls`` (POST ``{caller, callee, forwarders?, talk_ms?,
+answer?: {sip_id: ms|null}, wait?: true}`` -> 201 ``{"call": {...}}``), ``GET /_sim/calls/{id}``,
+``GET /_sim/requests[?endpoint=]``, ``GET /_sim/stats``, ``GET|PUT /_sim/webhook`` ``{url}``,
+``GET /_sim/workplaces``, ``POST /_sim/workplaces/{id}`` ``{answer_after_ms: N|null}``,
+``POST /_sim/numbers`` ``{numbers}``, ``POST /_sim/vpbx`` ``{eventType}``,
+``GET|POST|DELETE /_sim/faults``, ``POST /_sim/tokens``, ``POST /_sim/reset``.
+
+``POST /_sim/faults`` body (every key optional)::
+
+    {"clear": true,
+     "endpoints": {"transferCall": {"latency_ms": 200, "status": 500, "drop": false,
+                                    "rate": 1.0, "count": 3},
+                   "*": {...}, "token": null},
+     "storm_401": 5, "duplicate_trying": 1, "token_endpoint_down": 503 | "drop" | null,
+     "revoke_access_tokens": true, "expire_access_tokens": true, "revoke_refresh_tokens": true}
+
+Test fixtures (``tests/fixtures/sim.py``): ``sim_config`` (fast timings; override it in a test
+module), ``sim`` (a served :class:`Simulator`), ``webhook_sink`` (collects notifications).
+"""
+
+from __future__ import annotations
+
+from router.simulator.app import create_sim_app, serve_simulator
+from router.simulator.calls import CommandRefused
+from router.simulator.config import SimConfig, generated_workplaces
+from router.simulator.core import SIM_KEY, Simulator
+from router.simulator.faults import EndpointFault, Faults
+from router.simulator.records import (
+    CallOutcome,
+    CallPhase,
+    CommandRecord,
+    NotificationRecord,
+    Refusal,
+    RequestRecord,
+    SimCall,
+)
+
+__all__ = [
+    "SIM_KEY",
+    "CallOutcome",
+    "CallPhase",
+    "CommandRecord",
+    "CommandRefused",
+    "EndpointFault",
+    "Faults",
+    "NotificationRecord",
+    "Refusal",
+    "RequestRecord",
+    "SimCall",
+    "SimConfig",
+    "Simulator",
+    "create_sim_app",
+    "generated_workplaces",
+    "serve_simulator",
+]

@@ -1,0 +1,182 @@
+"""Fault knobs: what goes wrong, for which endpoint, how often. No I/O; the HTTP layer applies them.
+
+Endpoints are named as in MTT's document (``transferCall``, ``workPlacesInfo``), plus ``token`` and
+``authorize`` for OAuth and ``*`` for every endpoint; names match case-insensitively.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+API_ENDPOINTS = (
+    "externalNumbersInfo",
+    "workPlacesInfo",
+    "terminalsInfo",
+    "makeCall",
+    "terminateCall",
+    "transferCall",
+    "setParkingNumbers",
+)
+OAUTH_ENDPOINTS = ("authorize", "token")
+CANONICAL = {name.lower(): name for name in (*API_ENDPOINTS, *OAUTH_ENDPOINTS, "*")}
+
+
+def canonical_endpoint(name: str) -> str:
+    """The document's spelling of ``name`` (``workplacesinfo`` -> ``workPlacesInfo``)."""
+    try:
+        return CANONICAL[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown endpoint {name!r}") from None
+
+
+@dataclass(slots=True)
+class EndpointFault:
+    """What to do to requests of one endpoint."""
+
+    latency_ms: float = 0.0
+    status: int | None = None
+    """Answer this HTTP status instead of doing the work."""
+    drop: bool = False
+    """Close the connection without answering."""
+    rate: float = 1.0
+    """Fraction of requests ``status``/``drop`` apply to (latency always applies)."""
+    count: int | None = None
+    """Apply to this many more requests, then clear; ``None``: until cleared."""
+
+    def __post_init__(self) -> None:
+        if self.latency_ms < 0:
+            raise ValueError("latency_ms must be >= 0")
+        if self.status is not None and not 100 <= self.status <= 599:
+            raise ValueError("status must be an HTTP status code")
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError("rate must be between 0 and 1")
+        if self.count is not None and self.count < 1:
+            raise ValueError("count must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAction:
+    """The verdict for one request."""
+
+    latency_s: float = 0.0
+    status: int | None = None
+    drop: bool = False
+
+
+NO_FAULT = FaultAction()
+
+
+class Faults:
+    """The current fault settings, consumed request by request."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self.endpoints: dict[str, EndpointFault] = {}
+        self.storm_401 = 0
+        """Answer the next N API requests 401 whatever the token."""
+        self.duplicate_trying = 0
+        """POST every ``trying`` this many extra times (concurrently), for dedupe tests."""
+
+    def clear(self) -> None:
+        """No faults."""
+        self.endpoints.clear()
+        self.storm_401 = 0
+        self.duplicate_trying = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether any request-side fault is set (a fast path for the common case)."""
+        return bool(self.endpoints or self.storm_401)
+
+    def set(self, endpoint: str, fault: EndpointFault | None) -> None:
+        """Set (or with ``None`` remove) the fault of ``endpoint``."""
+        name = canonical_endpoint(endpoint)
+        if fault is None:
+            self.endpoints.pop(name, None)
+        else:
+            self.endpoints[name] = fault
+
+    def token_endpoint_down(self, how: int | Literal["drop"] | None = 503) -> None:
+        """Make ``/oauth/token`` answer status ``how`` or drop connections; ``None`` heals it."""
+        if how is None:
+            self.set("token", None)
+        elif how == "drop":
+            self.set("token", EndpointFault(drop=True))
+        else:
+            self.set("token", EndpointFault(status=how))
+
+    def take_401(self) -> bool:
+        """Consume one request of a 401 storm; True when this request must get 401."""
+        if self.storm_401 > 0:
+            self.storm_401 -= 1
+            return True
+        return False
+
+    def decide(self, endpoint: str) -> FaultAction:
+        """The fault for one request to ``endpoint`` (its own rule, else the ``*`` rule)."""
+        name = endpoint if endpoint in self.endpoints else "*"
+        fault = self.endpoints.get(name)
+        if fault is None:
+            return NO_FAULT
+        hit = fault.rate >= 1.0 or self._rng.random() < fault.rate
+        if fault.count is not None and (hit or fault.latency_ms):
+            fault.count -= 1
+            if fault.count <= 0:
+                del self.endpoints[name]
+        return FaultAction(
+            latency_s=fault.latency_ms / 1000.0,
+            status=fault.status if hit else None,
+            drop=fault.drop and hit,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings, in the shape ``POST /_sim/faults`` accepts."""
+        return {
+            "endpoints": {name: asdict(f) for name, f in self.endpoints.items()},
+            "storm_401": self.storm_401,
+            "duplicate_trying": self.duplicate_trying,
+        }
+
+    def update(self, data: dict[str, Any]) -> None:
+        """Apply the fault part of a ``POST /_sim/faults`` body; raise ``ValueError`` if bad."""
+        if data.get("clear"):
+            self.clear()
+        endpoints = data.get("endpoints", {})
+        if not isinstance(endpoints, dict):
+            raise ValueError("endpoints must be an object")
+        parsed: dict[str, EndpointFault | None] = {}
+        for name, spec in endpoints.items():
+            if spec is None:
+                parsed[canonical_endpoint(name)] = None
+            elif isinstance(spec, dict):
+                try:
+                    parsed[canonical_endpoint(name)] = EndpointFault(**spec)
+                except TypeError as exc:
+                    raise ValueError(f"endpoints.{name}: {exc}") from None
+            else:
+                raise ValueError(f"endpoints.{name} must be an object or null")
+        if "token_endpoint_down" in data:
+            how = data["token_endpoint_down"]
+            if how is not None and how != "drop" and not isinstance(how, int):
+                raise ValueError("token_endpoint_down must be a status, 'drop' or null")
+            parsed["token"] = (
+                None
+                if how is None
+                else EndpointFault(drop=True)
+                if how == "drop"
+                else EndpointFault(status=how)
+            )
+        storm = _count(data, "storm_401", self.storm_401)
+        duplicate = _count(data, "duplicate_trying", self.duplicate_trying)
+        for name, fault in parsed.items():
+            self.set(name, fault)
+        self.storm_401, self.duplicate_trying = storm, duplicate
+
+
+def _count(data: dict[str, Any], key: str, current: int) -> int:
+    value = data.get(key, current)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be a non-negative integer")
+    return value
