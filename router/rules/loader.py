@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from importlib import resources
 from zoneinfo import ZoneInfo
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from router.errors import RulesError
 from router.numbers import NumberError, normalize, normalize_prefix
 from router.rules.model import FORMAT_VERSION, Manager, Otherwise, Rules
+from router.rules.nodes import INT_TAG, Checker, is_null, line_of, value_of
 from router.rules.schedule import (
     WEEKDAYS,
     Schedule,
@@ -37,65 +38,8 @@ MANAGER_KEYS = ("workplace", "name", "schedule")
 FALLBACK_KEYS = ("managers", "otherwise")
 EXAMPLE_RULES = "example_rules.yaml"  # in router/data/, a copy of rules/example.yaml
 
-_NULL = "tag:yaml.org,2002:null"
-_INT = "tag:yaml.org,2002:int"
-_MERGE = "tag:yaml.org,2002:merge"
 _ID = re.compile(r"^\w[\w.-]*$")
 _DIGITS = re.compile(r"^[0-9]+$")
-
-
-def _line(node: Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-class _Checker:
-    """Collects problems while walking the node tree; helpers return None after reporting one."""
-
-    def __init__(self) -> None:
-        self.problems: list[tuple[int, str]] = []
-
-    def fail(self, node: Node, message: str) -> None:
-        self.problems.append((_line(node), message))
-
-    def items(self, node: Node | None, where: str) -> Iterator[tuple[ScalarNode, Node]]:
-        """Key/value nodes of a mapping (null = empty); reports non-mappings and duplicate keys."""
-        if node is None or (isinstance(node, ScalarNode) and node.tag == _NULL):
-            return
-        if not isinstance(node, MappingNode):
-            self.fail(node, f"{where} must be a mapping")
-            return
-        first_line: dict[str, int] = {}
-        for key, value in node.value:
-            if not isinstance(key, ScalarNode) or key.tag == _NULL:
-                self.fail(key, f"{where}: keys must be plain text")
-                continue
-            if key.tag == _MERGE:
-                self.fail(key, f"{where}: merge keys (<<) are not supported")
-                continue
-            if key.value in first_line:
-                first = first_line[key.value]
-                self.fail(key, f'duplicate key "{key.value}" in {where} (first on line {first})')
-                continue  # the first one counts, as a reader of the file would expect
-            first_line[key.value] = _line(key)
-            yield key, value
-
-    def text(self, node: Node, where: str) -> str | None:
-        """A scalar's text as written; reports lists, mappings and empty values."""
-        if isinstance(node, ScalarNode) and node.tag != _NULL and node.value.strip():
-            return str(node.value).strip()
-        if isinstance(node, ScalarNode):
-            self.fail(node, f"{where} must not be empty")
-        else:
-            self.fail(node, f"{where} must be a single value, not a list or mapping")
-        return None
-
-    def texts(self, node: Node, where: str) -> list[tuple[Node, str]]:
-        """A scalar or a list of scalars, as (node, text) pairs."""
-        if isinstance(node, SequenceNode):
-            pairs = [(item, self.text(item, f"an item of {where}")) for item in node.value]
-            return [(item, text) for item, text in pairs if text is not None]
-        text = self.text(node, where)
-        return [] if text is None else [(node, text)]
 
 
 def load_rules(text: str, source: str = "<rules>") -> Rules:
@@ -115,8 +59,8 @@ def load_rules(text: str, source: str = "<rules>") -> Rules:
     if root is None:
         raise RulesError(source, [(1, "the rules file is empty (see rules/README.md)")])
     if not isinstance(root, MappingNode):
-        raise RulesError(source, [(_line(root), "the rules file must be a mapping of keys")])
-    check = _Checker()
+        raise RulesError(source, [(line_of(root), "the rules file must be a mapping of keys")])
+    check = Checker()
     rules = _Parser(check, text).parse(root)
     if check.problems or rules is None:
         raise RulesError(source, check.problems)
@@ -127,7 +71,7 @@ class _Parser:
     """One pass over a rules document; cross-references use *declared* names, so a broken
     manager is reported once and not again at every client that names it."""
 
-    def __init__(self, check: _Checker, text: str) -> None:
+    def __init__(self, check: Checker, text: str) -> None:
         self.check = check
         self.text = text
         self.timezone = ZoneInfo("UTC")  # replaced by the file's; keeps schedules checkable
@@ -142,11 +86,11 @@ class _Parser:
         }
         version = self._version(root, top.get("version"))
         tz_ok = self._timezone(root, top.get("timezone"))
-        schedules = self._schedules(_value(top.get("schedules")))
-        managers = self._managers(_value(top.get("managers")), schedules)
-        clients = self._numbers(_value(top.get("clients")), "clients", normalize, "client number")
-        prefixes = self._numbers(_value(top.get("prefixes")), "prefixes", _prefix, "prefix")
-        fallback, otherwise = self._fallback(_value(top.get("fallback")))
+        schedules = self._schedules(value_of(top.get("schedules")))
+        managers = self._managers(value_of(top.get("managers")), schedules)
+        clients = self._numbers(value_of(top.get("clients")), "clients", normalize, "client number")
+        prefixes = self._numbers(value_of(top.get("prefixes")), "prefixes", _prefix, "prefix")
+        fallback, otherwise = self._fallback(value_of(top.get("fallback")))
         if version is None or not tz_ok:
             return None
         return Rules(
@@ -173,11 +117,15 @@ class _Parser:
             self.check.fail(root, f"version is missing (add: version: {FORMAT_VERSION})")
             return None
         node = entry[1]
-        if isinstance(node, ScalarNode) and node.tag == _INT and node.value == str(FORMAT_VERSION):
+        if (
+            isinstance(node, ScalarNode)
+            and node.tag == INT_TAG
+            and node.value == str(FORMAT_VERSION)
+        ):
             return FORMAT_VERSION
         shown = "a list or mapping"
         if isinstance(node, ScalarNode):
-            shown = node.value if node.tag == _INT else f'"{node.value}" (text)'
+            shown = node.value if node.tag == INT_TAG else f'"{node.value}" (text)'
         self.check.fail(node, f"version must be {FORMAT_VERSION} (this format), got {shown}")
         return None
 
@@ -245,7 +193,7 @@ class _Parser:
                         key, f"{where}: {WEEKDAYS[day]} is already set on line {day_line[day]}"
                     )
                     continue
-                day_line[day] = _line(key)
+                day_line[day] = line_of(key)
                 days[day] = spans
             entries.append((key.value, spans))
         if len(self.check.problems) > before:
@@ -277,7 +225,7 @@ class _Parser:
         for field_key, value in self.check.items(node, where):
             if self._known(field_key, MANAGER_KEYS, f"{where}: "):
                 fields[field_key.value] = (field_key, value)
-        if not isinstance(node, MappingNode) and not _is_null(node):
+        if not isinstance(node, MappingNode) and not is_null(node):
             return None  # already reported by items()
         before = len(self.check.problems)
         workplace = None
@@ -292,10 +240,10 @@ class _Parser:
                     " (see `mtt-router pbx workplaces`)",
                 )
         name = None
-        if "name" in fields and not _is_null(fields["name"][1]):
+        if "name" in fields and not is_null(fields["name"][1]):
             name = self.check.text(fields["name"][1], f"{where}: name")
         schedule = None
-        if "schedule" in fields and not _is_null(fields["schedule"][1]):
+        if "schedule" in fields and not is_null(fields["schedule"][1]):
             schedule_node = fields["schedule"][1]
             schedule_name = self.check.text(schedule_node, f"{where}: schedule")
             if schedule_name is not None and schedule_name not in self.schedule_names:
@@ -341,7 +289,7 @@ class _Parser:
                 number = None
             manager = self._manager_ref(value, f'{where}: "{raw}"')
             if number is not None:
-                first[number] = (_line(key), raw)
+                first[number] = (line_of(key), raw)
                 if manager is not None:
                     result[number] = manager
         return result
@@ -353,7 +301,7 @@ class _Parser:
             if not self._known(key, FALLBACK_KEYS, "fallback: "):
                 continue
             if key.value == "managers":
-                if _is_null(value):
+                if is_null(value):
                     continue
                 for item, _ in self.check.texts(value, "fallback.managers"):
                     manager = self._manager_ref(item, "fallback.managers")
@@ -371,14 +319,6 @@ class _Parser:
                             value, f'fallback.otherwise must be pbx or wait, got "{text}"'
                         )
         return tuple(managers), otherwise
-
-
-def _value(entry: tuple[ScalarNode, Node] | None) -> Node | None:
-    return None if entry is None else entry[1]
-
-
-def _is_null(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag == _NULL
 
 
 def _prefix(raw: str) -> str:
