@@ -116,12 +116,14 @@ class RedisHealth:
         self.up = False
         self.last_error: str | None = "not checked yet"
         self.changed_at = time.time()
+        self._was_down = False
         self._metrics.storage_up.set(0)
 
     def mark_up(self) -> None:
-        """Record a successful round trip."""
+        """Record a successful round trip (logged when it ends an outage)."""
         if not self.up:
-            log.info("storage_up")
+            if self._was_down:
+                log.info("storage_up")
             self.changed_at = time.time()
         self.up = True
         self.last_error = None
@@ -129,9 +131,10 @@ class RedisHealth:
 
     def mark_down(self, error: str) -> None:
         """Record a failed round trip (logged once per outage)."""
-        if self.up:
+        if self.up or not self._was_down:
             log.warning("storage_down", error=error)
             self.changed_at = time.time()
+        self._was_down = True
         self.up = False
         self.last_error = error
         self._metrics.storage_up.set(0)
