@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -356,3 +357,13 @@ def test_longest_prefix_wins() -> None:
     assert rules.match_prefix("74950000000") == ("7", "a")
     assert rules.match_prefix("4930") is None
     assert rules.match_prefix("781") == ("7", "a")
+
+
+def test_readme_yaml_examples_load() -> None:
+    """Every YAML example in rules/README.md is valid (fragments under the required keys)."""
+    readme = (ROOT / "rules" / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.DOTALL)
+    assert len(blocks) >= 2
+    for block in blocks:
+        text = block if block.startswith("version:") else f"version: 1\ntimezone: UTC\n{block}"
+        load_rules(text, "rules/README.md")
