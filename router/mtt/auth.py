@@ -45,6 +45,8 @@ REFRESH_TOKEN_MARGIN_S = 6 * 3600.0
 MAX_SLEEP_S = 60.0
 """The refresher re-reads the clock at least this often (the wall clock may jump, hosts sleep)."""
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
+MIN_INTERVAL_S = 0.5
+"""The refresher starts refreshes at least this far apart."""
 CLOSE_WAIT_S = 10.0
 """On close, an in-flight refresh may finish (its answer must be saved) for this long."""
 
@@ -397,6 +399,7 @@ class TokenManager:
 
     async def _run(self) -> None:
         backoff = BACKOFF_MIN_S
+        last_attempt = float("-inf")
         while True:
             self._changed.clear()
             self._update_gauges()
@@ -405,13 +408,14 @@ class TokenManager:
                 await self._wait(self._poll_s)
                 await self._poll_store()
                 continue
-            now = self._clock()
-            delay = self._next_due(tokens) - now
-            if delay <= 0 and now - tokens.obtained_at < BACKOFF_MIN_S:
-                delay = BACKOFF_MIN_S  # MTT handed out a token that is due at once: do not spin
+            delay = self._next_due(tokens) - self._clock()
+            if delay <= 0:
+                # Never spin, even if MTT hands out tokens that are due at once.
+                delay = last_attempt + MIN_INTERVAL_S - time.monotonic()
             if delay > 0:
                 await self._wait(min(delay, MAX_SLEEP_S))
                 continue
+            last_attempt = time.monotonic()
             try:
                 await self._join_refresh()
                 backoff = BACKOFF_MIN_S
