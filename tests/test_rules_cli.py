@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from router.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = "rules/example.yaml"
 
@@ -183,3 +185,74 @@ def test_rules_without_action_is_usage_error() -> None:
     assert result.returncode == 2
     assert "check" in result.stderr
     assert "explain" in result.stderr
+
+
+# The same commands in-process, through router.cli.main (fast, and measured by coverage).
+
+
+def test_main_check(broken: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """main() returns 0 for a valid file and 1 with problem lines for an invalid one."""
+    assert main(["rules", "check", str(ROOT / EXAMPLE)]) == 0
+    assert capsys.readouterr().out.endswith("timezone: Europe/Moscow)\n")
+    assert main(["rules", "check", broken]) == 1
+    assert capsys.readouterr().out.count(f"{broken}:") == 4
+
+
+def test_main_explain_wait_and_unknown_caller(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unreadable caller with nobody available and otherwise: wait prints a wait decision."""
+    rules = tmp_path / "wait.yaml"
+    example = (ROOT / EXAMPLE).read_text(encoding="utf-8")
+    rules.write_text(example.replace("otherwise: pbx", "otherwise: wait"), encoding="utf-8")
+    code = main(
+        ["rules", "explain", "--rules", str(rules), "anonymous", "--workplaces", "883140777716581"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "caller:   'anonymous' (unreadable)"
+    assert "decision: wait (no command: the PBX routes the call when parking ends)" in out
+    assert "  - fallback sidorov has workplace 883140777716583, not listed by MTT" in out
+
+
+def test_main_explain_json_without_callee(capsys: pytest.CaptureFixture[str]) -> None:
+    """--json output carries the rules summary; callee is null when not given."""
+    code = main(["rules", "explain", "--rules", str(ROOT / EXAMPLE), "", "--json"])
+    assert code == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["callee"] is None
+    assert data["caller"] is None
+    assert data["rules"]["counts"]["managers"] == 4
+    assert data["reasons"][0] == "caller number is missing: treated as an unknown caller"
+
+
+def test_main_bad_at_exits_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse refuses a bad --at with exit status 2."""
+    with pytest.raises(SystemExit) as info:
+        main(["rules", "explain", "--rules", EXAMPLE, "101", "--at", "31.12.2027"])
+    assert info.value.code == 2
+    assert "not an ISO-8601 date-time" in capsys.readouterr().err
+
+
+def test_main_check_json(broken: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """check --json in-process: ok with a summary, or the problems with their lines."""
+    assert main(["rules", "check", "--json", str(ROOT / EXAMPLE)]) == 0
+    assert json.loads(capsys.readouterr().out)["timezone"] == "Europe/Moscow"
+    assert main(["rules", "check", "--json", broken]) == 1
+    assert json.loads(capsys.readouterr().out)["problems"][0] == {
+        "line": 6,
+        "message": 'manager ivanov: unknown schedule "ofice" (none are defined)',
+    }
+
+
+def test_main_explain_transfer_and_terminate(capsys: pytest.CaptureFixture[str]) -> None:
+    """The human-readable explain names the target, the spare targets and the reasons."""
+    args = ["rules", "explain", "--rules", str(ROOT / EXAMPLE), "--callee", "74996497803"]
+    assert main([*args, "+7 903 555-01-02", "--at", "2027-01-13T11:00+03:00"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "callee:   74996497803 (format 1 rules route by caller only)"
+    assert out[3] == "decision: transfer to kuznetsova (Анна Кузнецова) at 883140777716584 [client]"
+    assert out[4].startswith("next:                  sidorov")
+    assert main([*args, "101", "--at", "2027-01-13T11:00", "--busy", "883140777716583"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "decision: terminate (terminateCall: the PBX routes the call its usual way now)" in out
