@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import aiohttp
@@ -9,7 +10,15 @@ import pytest
 
 from router.callmodel import freed_workplace, is_parked_trying, workplace_of
 from router.events import CallEvent, parse_event
-from router.simulator import CallOutcome, Refusal, SimCall, Simulator
+from router.simulator import (
+    CallOutcome,
+    CommandRefused,
+    Refusal,
+    SimCall,
+    SimConfig,
+    Simulator,
+    serve_simulator,
+)
 from tests.fixtures.sim import Body, WebhookSink, api_call
 
 CLIENT = "78124241500"
@@ -386,3 +395,40 @@ def test_sim_call_latency_needs_a_command() -> None:
     call = SimCall("id", "tag", "10.133.1.1:5073", "incoming", CLIENT, NUMBER, 0.0, 0.0, "", 0.0)
     assert call.decision_latency_s is None
     assert call.first_command is None
+
+
+async def test_skipped_states_are_recorded_but_not_sent(webhook_sink: WebhookSink) -> None:
+    """``skip_states`` lightens load tests: the lifecycle runs, those POSTs do not happen."""
+    config = SimConfig(
+        skip_states=frozenset({"showing", "recorded"}),
+        parked=(),
+        answer_after_ms=1,
+        talk_ms=1,
+        record_delay_ms=1,
+    )
+    async with serve_simulator(config) as sim:
+        sim.webhook_url = webhook_sink.url
+        call = await sim.place_call(CLIENT, NUMBER)
+        await call.wait_done()
+        assert call.states == ["trying", "showing", "connected", "finished", "recorded"]
+        assert webhook_sink.states(call.id) == ["trying", "connected", "finished"]
+        assert sim.stats()["notifications"] == {"delivered": 3, "failed": 0, "skipped": 2}
+
+
+async def test_command_after_deadline_is_late_even_before_the_timer_fires(
+    webhook_sink: WebhookSink,
+) -> None:
+    """A busy loop may run the window timer late; the deadline still decides."""
+    async with serve_simulator(SimConfig(parking_window_s=0.05, talk_ms=60_000)) as sim:
+        sim.webhook_url = webhook_sink.url
+        call = await sim.place_call(CLIENT, NUMBER)
+        assert call.deadline is not None
+        # Blocking the loop is the point: the window timer must not get to run.
+        time.sleep(max(0.0, call.deadline - time.monotonic()) + 0.01)  # noqa: ASYNC251
+        assert call.outcome is None
+        with pytest.raises(CommandRefused) as refused:
+            sim.engine.command("transfer", call.id, call.tag, call.transport_id, PETROVA)
+        assert refused.value.refusal is Refusal.LATE
+        assert call.outcome is CallOutcome.PBX_TIMEOUT
+        await webhook_sink.wait_state(call.id, "connected")
+        assert call.tried == [IVANOV]

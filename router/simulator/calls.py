@@ -180,6 +180,8 @@ class CallEngine:
         if kind == "transfer" and callee not in self.pbx.workplaces:
             self._refuse(call, record, 400, Refusal.BAD_PARAMS, f"unknown workplace {callee!r}")
         if call.phase is CallPhase.PARKED and call.deadline is not None and now >= call.deadline:
+            # The window timer has not fired yet (a busy loop): the PBX has routed it all the same.
+            self._cancel_timer(call)
             self._expire(call)
         if call.phase is not CallPhase.PARKED:
             if call.command is not None:
@@ -187,9 +189,7 @@ class CallEngine:
             if call.outcome is CallOutcome.PBX_TIMEOUT:
                 self._refuse(call, record, 400, Refusal.LATE, "parking window is over")
             self._refuse(call, record, 400, Refusal.NOT_PARKED, "call is not parked")
-        if call.timer is not None:
-            call.timer.cancel()
-            call.timer = None
+        self._cancel_timer(call)
         record.accepted = True
         call.command = record
         call.phase = CallPhase.ROUTING
@@ -211,9 +211,9 @@ class CallEngine:
 
     def _expire(self, call: SimCall) -> None:
         """The parking window ran out with no command: the PBX takes over."""
-        call.timer = None
         if call.phase is not CallPhase.PARKED:
             return
+        call.timer = None
         call.phase = CallPhase.ROUTING
         self._resolve(call, CallOutcome.PBX_TIMEOUT)
         self._pbx_route(call)
@@ -320,6 +320,11 @@ class CallEngine:
         self._live.discard(call)
         call.finished.set()
 
+    def _cancel_timer(self, call: SimCall) -> None:
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+
     def _later(self, call: SimCall, delay_ms: float, fn: Callable[..., None], *args: Any) -> None:
         if not self._closing:
             loop = asyncio.get_running_loop()
@@ -335,6 +340,13 @@ class CallEngine:
         """Record and POST one notification (``copies`` times at once); then run ``then``."""
         payload = call_notification(info)
         loop = asyncio.get_running_loop()
+        if info["state"] in self.config.skip_states:
+            record = NotificationRecord(info["state"], time.monotonic(), time.time(), payload)
+            record.error = "skipped"
+            call.notifications.append(record)
+            if then is not None:
+                loop.call_soon(self._continue, then)
+            return record
         records = [
             NotificationRecord(info["state"], time.monotonic(), time.time(), payload)
             for _ in range(copies)
@@ -346,6 +358,10 @@ class CallEngine:
             task.add_done_callback(self._tasks.discard)
             then = None
         return records[0]
+
+    def _continue(self, then: Callable[[], None]) -> None:
+        if not self._closing:
+            then()
 
     async def _deliver(self, record: NotificationRecord, then: Callable[[], None] | None) -> None:
         url = self.webhook_url
@@ -376,9 +392,7 @@ class CallEngine:
         """Stop every timer and delivery; calls in flight stay as they are in the records."""
         self._closing = True
         for call in self._live:
-            if call.timer is not None:
-                call.timer.cancel()
-                call.timer = None
+            self._cancel_timer(call)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel("simulator shutting down")

@@ -70,6 +70,8 @@ class SimConfig:
     record_delay_ms: float = 50.0
     callee_answer_ms: float = 300.0
     """makeCall: how long the dialled party takes to answer once the workplace has."""
+    skip_states: frozenset[str] = frozenset()
+    """States recorded but not POSTed (load tests: e.g. ``{"showing", "recorded"}``)."""
     announce_unparked: bool = True
     """Send ``trying`` for calls that are not parked (MTT announces every call's start)."""
 

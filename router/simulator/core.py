@@ -175,7 +175,7 @@ class Simulator:
         """Counts for ``/_sim/stats``: grants, refusals, requests, calls by outcome, deliveries."""
         outcomes: Counter[str] = Counter()
         latencies: list[float] = []
-        delivered = failed = 0
+        delivered = failed = skipped = 0
         for call in self.engine.calls.values():
             outcomes[str(call.outcome) if call.outcome else "pending"] += 1
             if call.late:
@@ -185,6 +185,8 @@ class Simulator:
             for n in call.notifications:
                 if n.status is not None and n.status < 300:
                     delivered += 1
+                elif n.error == "skipped":
+                    skipped += 1
                 elif n.status is not None or n.error is not None:
                     failed += 1
         by_endpoint: Counter[str] = Counter()
@@ -208,7 +210,7 @@ class Simulator:
                 "unknown_call_commands": self.engine.unknown_commands,
                 "decision_latency_s": _summary(latencies),
             },
-            "notifications": {"delivered": delivered, "failed": failed},
+            "notifications": {"delivered": delivered, "failed": failed, "skipped": skipped},
         }
 
     async def reset(self) -> None:

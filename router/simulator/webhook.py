@@ -36,7 +36,7 @@ class WebhookSender:
     async def post(self, url: str, payload: Mapping[str, Any]) -> int:
         """POST ``payload`` as JSON; return the status. Raises ``aiohttp.ClientError``/timeouts."""
         if self._session is None:
-            raise RuntimeError("the webhook session is not open (is the simulator app running?)")
+            raise aiohttp.ClientConnectionError("webhook session is not open (app not running)")
         body = json.dumps(payload, ensure_ascii=False).encode()
         async with self._session.post(url, data=body, headers=_JSON) as resp:
             await resp.read()
