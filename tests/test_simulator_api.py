@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+from pytest_aiohttp import AiohttpClient
 
-from router.simulator import SimConfig, Simulator, serve_simulator
+from router.simulator import SIM_KEY, SimConfig, Simulator, create_sim_app, serve_simulator
 from tests.fixtures.sim import api_call
 
 
@@ -177,3 +178,21 @@ async def test_control_endpoints_show_requests_and_stats(
             "scope",
             "token_type",
         }
+
+
+async def test_app_factory_cleans_up_on_shutdown(aiohttp_client: AiohttpClient) -> None:
+    """Through create_sim_app: the webhook session opens with the app; stopping it ends timers."""
+    app = create_sim_app(SimConfig(talk_ms=60_000, parking_window_s=60))
+    client = await aiohttp_client(app)
+    sim = app[SIM_KEY]
+    sim.url = str(client.make_url("")).rstrip("/")
+    token = sim.issue_tokens()["access_token"]
+    async with client.get("/terminalsInfo", headers={"Authorization": f"Bearer {token}"}) as resp:
+        assert resp.status == 200
+    call = await sim.place_call("78124241500", "74996497803")
+    assert call.notifications[0].error == "no webhook URL set"
+    assert call.timer is not None
+    await client.close()
+    assert sim.engine.live_calls() == 0
+    assert call.timer is None
+    assert call.outcome is None

@@ -16,10 +16,15 @@ Python API (stable)
     ``callee_answer_ms``) is in ms; ``answer_overrides={sip_id: ms or None}`` (None: never answers);
     ``routes={number: (sip_id, ...)}`` is the PBX's own order (default: every workplace);
     ``terminals_key`` (``"terminals_list"`` or ``"terminalsList"``); ``redirect_uri=None`` accepts
-    any; ``webhook_url``; ``seed`` for reproducible ids.
+    any; ``webhook_url``; ``seed`` for reproducible ids and fault rates; ``parked`` ("all" or a
+    subset of ``numbers``); ``announce_unparked`` (send ``trying`` for calls that are not parked,
+    default True, as MTT announces every call); ``skip_states`` (states recorded but not POSTed,
+    to lighten load tests); ``call_log_size`` / ``request_log_size`` bound memory.
+    ``generated_workplaces(n)`` makes n SIP IDs for load tests.
 ``create_sim_app(config=None, *, sim=None) -> web.Application``
     The app; the :class:`Simulator` is ``app[SIM_KEY]``. The webhook ``ClientSession`` lives in a
-    cleanup context; every timer and delivery is cancelled when the app stops.
+    cleanup context; every timer and delivery is cancelled when the app stops. Served this way
+    (e.g. by ``aiohttp_client``), set ``sim.url`` yourself if you need it.
 ``async with serve_simulator(config=None, *, host="127.0.0.1", port=0) as sim``
     Serves a fresh app; ``sim.url`` is ``http://127.0.0.1:<port>``.
 ``Simulator``
@@ -48,6 +53,13 @@ Python API (stable)
     (who answered), ``notifications`` (each with ``state``, ``sent_at``, ``status``, ``payload``),
     ``states``; ``await wait_trying()``, ``await wait_outcome() -> CallOutcome``,
     ``await wait_done()`` (events, no polling).
+
+Notifications are POSTed to ``webhook_url`` one at a time per call, each after the previous one
+was answered (any status; failures are recorded, never retried). ``trying`` of a parked call
+starts the parking window; the call is then transferred, terminated (PBX routes at once) or, at
+the deadline, routed by the PBX: first free workplace of the number's route. A workplace that
+does not answer within ``ring_timeout_ms``, or is on a call, gets ``showing`` -> ``hiding`` and
+the PBX moves on; when nobody is left the call ends with ``finished`` (duration 0).
 
 HTTP API
 --------

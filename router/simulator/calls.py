@@ -11,7 +11,6 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from typing import Any, NoReturn
 from urllib.parse import quote
 
@@ -30,7 +29,6 @@ from router.simulator.records import (
 )
 from router.simulator.webhook import WebhookSender
 from router.simulator.wire import (
-    MOSCOW,
     CallInfoWire,
     IdMaker,
     call_notification,
@@ -268,7 +266,7 @@ class CallEngine:
 
     def _record(self, call: SimCall) -> None:
         assert call.workplace is not None
-        day = datetime.now(MOSCOW).strftime("%Y/%m/%d")
+        day = call.start_time[:10].replace("-", "/")
         url = f"https://records.mtt.example/{day}/{quote(call.id, safe='')}.mp3"
         self._send(call, recorded_info(call.id, call.workplace, url), lambda: self._done(call))
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import random
 import string
+import time
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Literal, NotRequired, TypedDict
 
 from router.events import CallRefWire, PartyWire
@@ -98,9 +100,15 @@ class CallCommandParams(TypedDict):
     calleeId: NotRequired[str]
 
 
-def start_time(now: datetime | None = None) -> str:
+def start_time(epoch_s: float | None = None) -> str:
     """``YYYY-MM-DD HH:MM:SS`` in Moscow time, the document's ``startTime`` format."""
-    return (now or datetime.now(MOSCOW)).astimezone(MOSCOW).strftime("%Y-%m-%d %H:%M:%S")
+    return _stamp(int(time.time() if epoch_s is None else epoch_s))
+
+
+@lru_cache(maxsize=4)
+def _stamp(epoch_s: int) -> str:
+    # Cached: at hundreds of calls a second most calls share their second.
+    return datetime.fromtimestamp(epoch_s, MOSCOW).strftime("%Y-%m-%d %H:%M:%S")
 
 
 class IdMaker:
@@ -116,14 +124,14 @@ class IdMaker:
     def incoming(self) -> tuple[str, str]:
         """(id, tag) like ``c166e238..._00015ED635780FC7~1o`` / ``hswdfry52vmykfla____.o``."""
         self._serial += 1
-        ident = f"{self._pick('0123456789abcdef', 32)}_{self._serial:016X}~1o"
-        return ident, f"{self._pick(string.ascii_lowercase + string.digits, 16)}____.o"
+        bits = self._rng.getrandbits
+        return f"{bits(128):032x}_{self._serial:016X}~1o", f"{bits(64):016x}____.o"
 
     def outgoing(self) -> tuple[str, str]:
         """(id, tag) like ``SDfe2n901-b5107516...@127.0.0.1`` / ``sdfe2n901-281028329``."""
         self._serial += 1
         prefix = self._pick(string.ascii_lowercase + string.digits, 7)
-        ident = f"SD{prefix}-{self._pick('0123456789abcdef', 32)}{self._serial}@127.0.0.1"
+        ident = f"SD{prefix}-{self._rng.getrandbits(128):032x}{self._serial}@127.0.0.1"
         return ident, f"sd{prefix}-{self._rng.randrange(10**8, 10**9)}"
 
     def transport(self, port: int = 5073) -> str:
