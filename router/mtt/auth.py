@@ -93,6 +93,7 @@ class TokenManager:
         self._tokens: TokenSet | None = None
         self._login_required = True  # until a usable set is loaded or obtained
         self._unsaved: TokenSet | None = None  # obtained but not yet persisted (store failed)
+        self._refused_access: str | None = None  # an access token MTT answered 401 to
         self._announced_at: float | None = None
         self._refresh_task: asyncio.Task[TokenSet] | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -120,9 +121,12 @@ class TokenManager:
         if tokens is None:
             return True
         now = self._clock()
-        if tokens.access_valid(now):
+        if self._access_usable(tokens, now):
             return False
         return self._login_required or not tokens.refresh_valid(now)
+
+    def _access_usable(self, tokens: TokenSet, now: float) -> bool:
+        return tokens.access_valid(now) and tokens.access_token != self._refused_access
 
     def status(self) -> dict[str, Any]:
         """Token state for ``/status`` and ``auth status``: expiry times in UTC, never a token."""
@@ -134,7 +138,7 @@ class TokenManager:
         return {
             "authorized": not needs_login,
             "needs_login": needs_login,
-            "access_valid": tokens.access_valid(now),
+            "access_valid": self._access_usable(tokens, now),
             "access_expires_at": _iso(tokens.access_expires_at),
             "refresh_expires_at": _iso(tokens.refresh_expires_at),
             "next_refresh_at": None if needs_login else _iso(self._next_due(tokens)),
@@ -146,7 +150,11 @@ class TokenManager:
     def cached_access_token(self) -> str | None:
         """The access token if it is good for a while yet; no I/O (the API client's fast path)."""
         tokens = self._tokens
-        if tokens is not None and self._clock() < tokens.access_expires_at - _skew(tokens):
+        if (
+            tokens is not None
+            and self._clock() < tokens.access_expires_at - _skew(tokens)
+            and tokens.access_token != self._refused_access
+        ):
             return tokens.access_token
         return None
 
@@ -193,7 +201,7 @@ class TokenManager:
             return token
         if self._tokens is None or self._login_required:
             # No I/O here: a login, or the refresher's poll of the store, leaves this state.
-            if self._tokens is not None and self._tokens.access_valid(self._clock()):
+            if self._tokens is not None and self._access_usable(self._tokens, self._clock()):
                 return self._tokens.access_token
             raise NeedsLoginError("no usable MTT token: run `mtt-router auth login`")
         return (await self._join_refresh()).access_token
@@ -203,7 +211,9 @@ class TokenManager:
         tokens = self._tokens
         if tokens is not None and tokens.access_token != used_token:
             return tokens.access_token  # someone already refreshed
+        self._refused_access = used_token
         if tokens is None or self._login_required:
+            self._update_gauges()
             raise NeedsLoginError("no usable MTT token: run `mtt-router auth login`")
         return (await self._join_refresh()).access_token
 
