@@ -6,13 +6,16 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 
-from router.cli import main
+from router.cli import build_parser, main
+from router.commands.simulate import build_config, serve
 from tests.fixtures.sim import WebhookSink, call_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +88,62 @@ def test_simulate_bad_usage_exits_2(args: list[str], capsys: pytest.CaptureFixtu
     """Invalid flags: a message on stderr and exit code 2, before anything listens."""
     assert main(["simulate", *args]) == 2
     assert capsys.readouterr().err.startswith("simulate: ")
+
+
+async def test_serve_in_process(sim_http: aiohttp.ClientSession) -> None:
+    """``serve`` announces the URL, answers, and returns once ``stop`` is set."""
+    args = build_parser().parse_args(
+        ["simulate", "--numbers", "78121234567", "--parked", "none", "--workplaces", "100,200"]
+    )
+    config = build_config(args)
+    assert (config.numbers, config.parked, config.workplaces) == (
+        ("78121234567",),
+        (),
+        ("100", "200"),
+    )
+    stop = asyncio.Event()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    task = asyncio.create_task(serve(config, "127.0.0.1", 0, stop, lines.put_nowait))
+    url = json.loads(await asyncio.wait_for(lines.get(), 10))["url"]
+    async with sim_http.get(f"{url}/_sim/workplaces") as resp:
+        assert [w["workplace"] for w in (await resp.json())["workplaces"]] == ["100", "200"]
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+def test_build_config_flags() -> None:
+    """Flags map onto SimConfig: never-answer, key variant, redirect URI, parked subset."""
+    args = build_parser().parse_args(
+        [
+            "simulate",
+            "--answer-after-ms",
+            "-1",
+            "--terminals-key",
+            "terminalsList",
+            "--redirect-uri",
+            "https://router.example.ru/mtt",
+            "--parked",
+            "74996497803",
+            "--seed",
+            "3",
+        ]
+    )
+    config = build_config(args)
+    assert config.answer_after_ms is None
+    assert config.terminals_key == "terminalsList"
+    assert config.redirect_uri == "https://router.example.ru/mtt"
+    assert config.parked == ("74996497803",)
+    assert config.seed == 3
+
+
+def test_simulate_reports_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    """A port that cannot be bound: exit 1 with the reason."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        try:
+            assert main(["simulate", "--listen", f"127.0.0.1:{port}"]) == 1
+        finally:
+            structlog.reset_defaults()  # run() configured logging onto capsys's stream
+    assert "cannot listen" in capsys.readouterr().err

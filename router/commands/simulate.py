@@ -11,6 +11,7 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any, Literal
 
 import structlog
@@ -109,19 +110,34 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     configure_logging("auto", "info", stream=sys.stderr)
     try:
-        asyncio.run(_serve(config, host, port))
+        asyncio.run(_until_signalled(config, host, port))
     except OSError as exc:
         print(f"simulate: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
-async def _serve(config: SimConfig, host: str, port: int) -> None:
-    log = structlog.get_logger("router.simulator")
+async def _until_signalled(config: SimConfig, host: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    try:
+        await serve(config, host, port, stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def serve(
+    config: SimConfig,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the simulator until ``stop`` is set; ``announce`` gets the JSON "listening" line."""
+    log = structlog.get_logger("router.simulator")
     async with serve_simulator(config, host=host, port=port) as sim:
         line = {
             "event": "listening",
@@ -131,9 +147,10 @@ async def _serve(config: SimConfig, host: str, port: int) -> None:
             "client_id": config.client_id,
             "webhook": config.webhook_url,
         }
-        print(json.dumps(line), flush=True)
+        if announce is None:
+            print(json.dumps(line), flush=True)
+        else:
+            announce(json.dumps(line))
         log.info("simulator listening", url=sim.url, webhook=config.webhook_url)
         await stop.wait()
         log.info("simulator stopping", calls=len(sim.calls()))
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(signum)
