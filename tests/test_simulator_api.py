@@ -196,3 +196,7 @@ async def test_app_factory_cleans_up_on_shutdown(aiohttp_client: AiohttpClient) 
     assert sim.engine.live_calls() == 0
     assert call.timer is None
     assert call.outcome is None
+    # Waiters are released, not left hanging.
+    await call.wait_done()
+    with pytest.raises(RuntimeError, match="stopped"):
+        await call.wait_outcome()

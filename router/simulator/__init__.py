@@ -91,8 +91,11 @@ answer?: {sip_id: ms|null}, wait?: true}`` -> 201 ``{"call": {...}}``), ``GET /_
      "storm_401": 5, "duplicate_trying": 1, "token_endpoint_down": 503 | "drop" | null,
      "revoke_access_tokens": true, "expire_access_tokens": true, "revoke_refresh_tokens": true}
 
-Test fixtures (``tests/fixtures/sim.py``): ``sim_config`` (fast timings; override it in a test
-module), ``sim`` (a served :class:`Simulator`), ``webhook_sink`` (collects notifications).
+Test fixtures (``tests/fixtures/sim.py``): ``sim_config`` (fast timings, window 0.5 s; override
+it in a test module), ``sim`` (a served :class:`Simulator`), ``webhook_sink`` (a
+``WebhookSink``: ``url``, ``received``, ``await wait_for(predicate)``, ``await wait_state(id,
+state)``, ``states(id)``, ``status`` to answer), ``sim_http`` (a ClientSession); helper
+``api_call(session, sim, method, name, token, params) -> (status, json)``.
 """
 
 from __future__ import annotations

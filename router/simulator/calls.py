@@ -300,7 +300,8 @@ class CallEngine:
     def _outgoing_info(
         self, call: SimCall, state: str, *, plus: bool, start: str = "", timing: bool = True
     ) -> CallInfoWire:
-        shown_as = self.pbx.numbers[0]
+        # The workplace calls out under the company's (first) external number.
+        shown_as = self.pbx.numbers[0] if self.pbx.numbers else call.caller
         return outgoing_info(
             call, state, shown_as, self.config.centrex_id, plus=plus, start=start, timing=timing
         )
@@ -391,6 +392,10 @@ class CallEngine:
         self._closing = True
         for call in self._live:
             self._cancel_timer(call)
+            # Release anyone awaiting the call; its record stays as it was.
+            call.trying_done.set()
+            call.outcome_known.set()
+            call.finished.set()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel("simulator shutting down")

@@ -164,18 +164,22 @@ class SimCall:
         return [n.state for n in self.notifications]
 
     async def wait_trying(self) -> SimCall:
-        """Until the ``trying`` POST has been answered (or failed)."""
+        """Until the ``trying`` POST has been answered (or failed, or the simulator stopped)."""
         await self.trying_done.wait()
         return self
 
     async def wait_outcome(self) -> CallOutcome:
-        """Until the parking is resolved: transferred, terminated, timed out, or never parked."""
+        """Until the parking is resolved: transferred, terminated, timed out, or never parked.
+
+        Raises ``RuntimeError`` if the simulator stopped first.
+        """
         await self.outcome_known.wait()
-        assert self.outcome is not None
+        if self.outcome is None:
+            raise RuntimeError(f"the simulator stopped before call {self.id} had an outcome")
         return self.outcome
 
     async def wait_done(self) -> SimCall:
-        """Until the last notification of the call has been sent."""
+        """Until the last notification of the call was answered (or the simulator stopped)."""
         await self.finished.wait()
         return self
 
