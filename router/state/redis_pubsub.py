@@ -18,10 +18,14 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from router.state.redis_conn import cancel_and_wait, raise_if_cancelling
+
 log = structlog.get_logger("router.state")
 
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 5.0
+MAX_WAIT_S = 1.0
+"""Longest single wait for a message: a cancellation lost inside redis-py is honoured by then."""
 
 
 class Subscriber:
@@ -64,9 +68,7 @@ class Subscriber:
     async def aclose(self) -> None:
         """Stop listening and close the pub/sub connection."""
         if self._task is not None:
-            self._task.cancel(f"{self.name} subscriber closing")
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, f"{self.name} subscriber closing")
             self._task = None
 
     async def run(self) -> None:
@@ -103,8 +105,9 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + self.tick_s
         while True:
-            wait_s = max(0.001, next_tick - loop.time())
+            wait_s = min(MAX_WAIT_S, max(0.001, next_tick - loop.time()))
             message = await pubsub.get_message(timeout=wait_s)
+            raise_if_cancelling()
             if message is not None:
                 kind = message.get("type")
                 if kind == "subscribe":

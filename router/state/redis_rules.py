@@ -13,6 +13,7 @@ keeps text, not parsed rules, so every replica parses the exact bytes that were 
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 
@@ -28,7 +29,8 @@ RULES_POLL_S = 2.0
 
 _PUSH_LUA = """
 local v = redis.call('HINCRBY', KEYS[1], 'version', 1)
-redis.call('HSET', KEYS[1], 'text', ARGV[1], 'pushed_at', ARGV[2], 'source', ARGV[3])
+redis.call('HSET', KEYS[1], 'text', ARGV[1], 'pushed_at', ARGV[2], 'source', ARGV[3],
+           'push_id', ARGV[5])
 redis.call('PUBLISH', ARGV[4], v)
 return v
 """
@@ -49,7 +51,8 @@ class RulesStore:
         version = await self._ops.run(
             "rules.push",
             lambda: self._push_script(
-                keys=[self.key], args=[text, f"{time.time():.3f}", source, self.channel]
+                keys=[self.key],
+                args=[text, f"{time.time():.3f}", source, self.channel, secrets.token_hex(8)],
             ),
         )
         log.info("rules_pushed", version=int(version), source=source, bytes=len(text))
@@ -71,6 +74,13 @@ class RulesStore:
         version = await self._ops.run("rules.version", lambda: client.hget(self.key, "version"))
         return None if version is None else int(version)
 
+    async def _stamp(self) -> tuple[int, str] | None:
+        client = self._ops.client
+        version, push_id = await self._ops.run(
+            "rules.version", lambda: client.hmget(self.key, ["version", "push_id"])
+        )
+        return None if version is None else (int(version), str(push_id or ""))
+
     async def watch(
         self,
         callback: Callable[[int], Awaitable[None]],
@@ -85,21 +95,22 @@ class RulesStore:
         version counts as seen only when ``callback`` returns: if it raises, the next message or
         poll calls it again. The callback usually calls :meth:`pull`.
         """
-        last = known_version
+        # (version, push id): after Redis lost its data, version numbers start again at 1,
+        # and only the random push id tells a new version 1 from the one already seen.
+        last: tuple[int, str | None] | None = (
+            None if known_version is None else (known_version, None)
+        )
 
         async def check(_message: str = "") -> None:
             nonlocal last
-            current = await self.version()
-            if current is not None and current != last:
-                await callback(current)
-                last = current
+            current = await self._stamp()
+            if current is None:
+                return
+            if last is None or current[0] != last[0] or last[1] not in (None, current[1]):
+                await callback(current[0])
+            last = current
 
-        subscriber = self.subscriber(check)
-        await subscriber.run()
-
-    def subscriber(self, check: Callable[[str], Awaitable[None]]) -> Subscriber:
-        """A :class:`Subscriber` on the rules channel calling ``check`` on every occasion."""
-        return Subscriber(
+        subscriber = Subscriber(
             self._ops.client,
             self.channel,
             name="rules",
@@ -108,3 +119,4 @@ class RulesStore:
             on_tick=lambda: check(""),
             tick_s=self.poll_interval_s,
         )
+        await subscriber.run()
