@@ -32,11 +32,19 @@ def check_manager_id(manager: str) -> str:
 
 
 def fast_normalize(raw: str) -> str:
-    """:func:`router.numbers.normalize`, skipping the libphonenumber parse for ``+7`` + 10 digits.
+    """:func:`router.numbers.normalize`, with shortcuts for the common Russian spellings.
 
-    That parse costs ~30 µs, half a minute per million rows, and for a Russian ``+7`` number it
-    only ever removes the ``+`` (a test holds the two functions equal on such numbers).
+    ``normalize`` costs ~3 µs, and ~30 µs for a ``+`` number (a libphonenumber parse): half a
+    minute per million rows. Plain digits and ``+7`` + 10 digits take a shortcut that gives the
+    same result (a property test holds the two functions equal); anything else goes through
+    ``normalize``.
     """
+    if raw.isdigit() and raw.isascii() and not raw.startswith("00"):
+        if len(raw) == 11 and raw[0] == "8":
+            return "7" + raw[1:]
+        if len(raw) == 10 and raw[0] == "9":
+            return "7" + raw
+        return raw
     text = raw.translate(_SEPARATORS)
     if _PLUS7.fullmatch(text):
         return text[1:]
@@ -52,6 +60,13 @@ def read_csv_rows(handle: TextIO) -> Iterator[tuple[int, list[str]]]:
     reader = csv.reader(handle, delimiter=delimiter)
     for row in reader:
         yield reader.line_num, row
+
+
+def _trimmed(row: Sequence[str]) -> tuple[str, ...]:
+    cells = [cell.strip() for cell in row]
+    while cells and not cells[-1]:
+        cells.pop()
+    return tuple(cells)
 
 
 class BatchReader:
@@ -81,19 +96,21 @@ class BatchReader:
         first = True
         managers = self._managers
         for line, row in self._rows:
-            cells = [cell.strip() for cell in row]
-            while cells and not cells[-1]:
-                cells.pop()
-            if not cells or cells[0].startswith("#"):
+            # Two cells is the usual case: a million rows go through here, so keep it short.
+            cells = (row[0].strip(), row[1].strip()) if len(row) == 2 else _trimmed(row)
+            if not any(cells):
+                continue
+            number = cells[0]
+            if number.startswith("#"):
                 continue
             if first:
                 first = False
-                if not any(ch.isdigit() for ch in cells[0]):
+                if not any(ch.isdigit() for ch in number):
                     continue  # a header row such as "number,manager"
             if len(cells) != 2:
                 self._refuse(line, f"expected 2 columns NUMBER,MANAGER, got {len(cells)}")
                 continue
-            number, manager = cells
+            manager = cells[1]
             try:
                 normal = fast_normalize(number)
             except NumberError as exc:

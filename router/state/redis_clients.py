@@ -38,6 +38,31 @@ IMPORT_BATCH = 10_000
 IMPORT_TEMP_TTL_S = 3600
 _MISSING = ""  # cached "no manager" (a manager id is never empty)
 
+# ARGV[1]: "number<TAB>manager" lines (neither contains whitespace); HSET 500 pairs at a time.
+_IMPORT_LUA = r"""
+local key = KEYS[1]
+local added, n, args = 0, 0, {}
+for number, manager in string.gmatch(ARGV[1], "([^\t\n]+)\t([^\n]+)") do
+  args[n + 1] = number
+  args[n + 2] = manager
+  n = n + 2
+  if n >= 1000 then
+    added = added + redis.call('HSET', key, unpack(args, 1, n))
+    n = 0
+  end
+end
+if n > 0 then
+  added = added + redis.call('HSET', key, unpack(args, 1, n))
+end
+if ARGV[2] ~= '' then
+  redis.call('EXPIRE', key, ARGV[2])
+end
+if ARGV[3] ~= '' then
+  redis.call('PUBLISH', ARGV[3], '*')
+end
+return added
+"""
+
 
 @dataclass(frozen=True)
 class ImportResult:
@@ -66,6 +91,7 @@ class ClientMap:
         self.channel = ops.key("clients", "changed")
         self.cache_size = cache_size
         self.batch_size = batch_size
+        self._import_script = ops.client.register_script(_IMPORT_LUA)
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._cache_live = False
         # Bumped on every invalidation: a lookup that raced with one must not cache its answer.
@@ -194,17 +220,14 @@ class ClientMap:
         )
 
     async def _write_batch(self, target: str, batch: dict[str, str], *, temporary: bool) -> int:
-        async def send() -> int:
-            async with self._ops.client.pipeline(transaction=False) as pipe:
-                pipe.hset(target, mapping=batch)  # type: ignore[arg-type]  # dict[str, str] is fine
-                if temporary:
-                    pipe.expire(target, IMPORT_TEMP_TTL_S)
-                else:
-                    pipe.publish(self.channel, "*")
-                results = await pipe.execute()
-            return int(results[0])
-
-        return await self._ops.run("clients.import", send)
+        # One string argument instead of 20,000: redis-py packs arguments in Python at ~2 µs
+        # each, which made the packing, not Redis, the cost of an import (5 s per million).
+        payload = "\n".join(f"{number}\t{manager}" for number, manager in batch.items())
+        args = [payload, IMPORT_TEMP_TTL_S if temporary else "", "" if temporary else self.channel]
+        added = await self._ops.run(
+            "clients.import", lambda: self._import_script(keys=[target], args=args)
+        )
+        return int(added)
 
     async def _swap_in(self, temp: str, *, empty: bool) -> None:
         async def send() -> None:

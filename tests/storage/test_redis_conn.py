@@ -56,7 +56,7 @@ async def test_stopped_redis_fails_fast_and_is_counted(
     assert outage_ops.health.up
     redis_server.stop()
     started = time.monotonic()
-    with pytest.raises(StorageError, match="redis test.get"):
+    with pytest.raises(StorageError, match=r"redis test\.get"):
         await outage_ops.run("test.get", lambda: client.get("k"))
     elapsed = time.monotonic() - started
     print(f"stopped redis: failed after {elapsed * 1000:.1f} ms")
