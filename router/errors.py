@@ -12,7 +12,7 @@ class RouterError(Exception):
 
 
 class ConfigError(RouterError, ValueError):
-    """The configuration file is invalid; ``problems`` holds one line per problem, naming the key."""
+    """The configuration file is invalid; ``problems`` has one line per problem, naming the key."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
@@ -20,7 +20,7 @@ class ConfigError(RouterError, ValueError):
 
 
 class RulesError(RouterError, ValueError):
-    """A rules file is invalid; ``problems`` holds ``(line, message)`` pairs (line 0 = whole file)."""
+    """A rules file is invalid; ``problems`` are ``(line, message)`` pairs (line 0: whole file)."""
 
     def __init__(self, source: str, problems: list[tuple[int, str]]) -> None:
         self.source = source
@@ -73,7 +73,7 @@ class AuthError(UpstreamError):
 
 
 class NeedsLoginError(AuthError):
-    """No usable token: an operator must authorise the integration again (`mtt-router auth login`)."""
+    """No usable token: an operator must authorise the integration again (``auth login``)."""
 
 
 class InvalidGrantError(AuthError):

@@ -1,1 +1,2 @@
-"""Everything that speaks to MTT: OAuth 2.0 (``oauth``), tokens (``tokens``), the API (``client``)."""
+"""Everything that speaks to MTT: OAuth 2.0 (``oauth``), tokens (``tokens``, ``auth``), the API
+(``client``, ``models``)."""

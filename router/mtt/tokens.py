@@ -87,7 +87,7 @@ class TokenSet:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TokenSet:
-        """Inverse of :meth:`to_json`; raises ``KeyError``/``TypeError``/``ValueError`` if broken."""
+        """Inverse of :meth:`to_json`; ``KeyError``/``TypeError``/``ValueError`` if broken."""
         return cls(
             access_token=str(data["access_token"]),
             refresh_token=str(data["refresh_token"]),
