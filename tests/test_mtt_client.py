@@ -455,3 +455,11 @@ async def test_make_session_has_no_rounded_timeouts() -> None:
         assert session.connector.limit == 100
     finally:
         await session.close()
+
+
+async def test_nothing_is_sent_after_the_deadline(client: MttClient, sim: Simulator) -> None:
+    """A command whose deadline has already passed is not sent at all."""
+    await client.external_numbers()  # a pooled keep-alive connection exists now
+    with pytest.raises(UpstreamTimeoutError):
+        await client.transfer_call(DOC_CALL, "1", DOC_TRANSPORT, deadline=deadline_in(-0.001))
+    assert sim.requests_to("transferCall") == []

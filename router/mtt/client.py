@@ -221,6 +221,12 @@ class MttClient:
         reauthorised = False
         while True:
             attempt += 1
+            if loop.time() >= deadline:
+                # Nothing is sent once the deadline has passed (a pooled connection would
+                # otherwise write the request before the first suspension point).
+                raise UpstreamTimeoutError(
+                    f"{method}: deadline passed before sending", method=method
+                )
             token = self._tokens.cached_access_token()
             if token is None:
                 token = await _within(self._tokens.access_token(), deadline, method)
