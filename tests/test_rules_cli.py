@@ -112,7 +112,7 @@ def test_explain_client_in_office_hours() -> None:
         "caller:   +7 921 946-27-61 -> 79219462761",
         "at:       2027-01-11 10:00 Mon (Europe/Moscow)",
         "decision: transfer to ivanov (Иван Иванов) at 883140777716581 [client]",
-        "next:                  sidorov (Пётр Сидоров (дежурный)) at 883140777716583 [fallback]",
+        "next:                  sidorov (Пётр Сидоров (дежурный)) at 883140777380595 [fallback]",
         "why:",
         "  - caller 79219462761 is client of ivanov",
         "  - ivanov is available",
@@ -135,7 +135,7 @@ def test_explain_off_schedule_and_busy_as_json() -> None:
         "--json",
         "89219462761",
         "--busy",
-        "883140777716583",
+        "883140777380595",
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
@@ -146,7 +146,7 @@ def test_explain_off_schedule_and_busy_as_json() -> None:
     assert data["reasons"] == [
         "caller 79219462761 is client of ivanov",
         "ivanov is off schedule (office: mon-fri 09:00-18:00; sat 10:00-14:00)",
-        "fallback sidorov is busy (workplace 883140777716583 is on a call)",
+        "fallback sidorov is busy (workplace 883140777380595 is on a call)",
         "no manager available: terminate (otherwise: pbx), the PBX routes it now",
     ]
 
@@ -157,7 +157,7 @@ def test_explain_prefix_caller_with_local_time() -> None:
         "rules", "explain", "--rules", EXAMPLE, "78124240000@pstn", "--at", "2027-01-11T12:00"
     )
     assert result.returncode == 0, result.stderr
-    assert "decision: transfer to petrova (Мария Петрова) at 883140777716582 [prefix]" in (
+    assert "decision: transfer to petrova (Мария Петрова) at 883140582526566 [prefix]" in (
         result.stdout.splitlines()
     )
 
@@ -212,7 +212,7 @@ def test_main_explain_wait_and_unknown_caller(
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "caller:   'anonymous' (unreadable)"
     assert "decision: wait (no command: the PBX routes the call when parking ends)" in out
-    assert "  - fallback sidorov has workplace 883140777716583, not listed by MTT" in out
+    assert "  - fallback sidorov has workplace 883140777380595, not listed by MTT" in out
 
 
 def test_main_explain_json_without_callee(capsys: pytest.CaptureFixture[str]) -> None:
@@ -251,8 +251,8 @@ def test_main_explain_transfer_and_terminate(capsys: pytest.CaptureFixture[str])
     assert main([*args, "+7 903 555-01-02", "--at", "2027-01-13T11:00+03:00"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1] == "callee:   74996497803 (format 1 rules route by caller only)"
-    assert out[3] == "decision: transfer to kuznetsova (Анна Кузнецова) at 883140777716584 [client]"
+    assert out[3] == "decision: transfer to kuznetsova (Анна Кузнецова) at 883140777446532 [client]"
     assert out[4].startswith("next:                  sidorov")
-    assert main([*args, "101", "--at", "2027-01-13T11:00", "--busy", "883140777716583"]) == 0
+    assert main([*args, "101", "--at", "2027-01-13T11:00", "--busy", "883140777380595"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "decision: terminate (terminateCall: the PBX routes the call its usual way now)" in out
