@@ -19,7 +19,7 @@ from router.admin import create_admin_app
 from router.config import Config
 from router.metrics import Metrics
 from router.server import create_app
-from router.services import SERVICES
+from router.services import SERVICES, Clock
 
 log = structlog.get_logger("router")
 
@@ -39,11 +39,12 @@ async def serve(
     metrics: Metrics | None = None,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
+    clock: Clock | None = None,
 ) -> int:
     """Serve until ``stop`` is set or a SIGTERM/SIGINT arrives; returns the exit code."""
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
-    public = create_app(config, metrics=metrics)
+    public = create_app(config, metrics=metrics, clock=clock)
     admin = create_admin_app(public)
     public_runner = web.AppRunner(public, access_log=None, handle_signals=False)
     admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)

@@ -19,7 +19,7 @@ from router.config import Config
 from router.errors import AuthError, EventShapeError, UpstreamError
 from router.events import CallEvent, Event, VpbxEvent, parse_event
 from router.metrics import Metrics
-from router.services import CONFIG, METRICS, SERVICES, services_ctx
+from router.services import CLOCK, CONFIG, METRICS, SERVICES, Clock, services_ctx
 
 log = structlog.get_logger("router.server")
 
@@ -111,10 +111,17 @@ async def oauth_callback(request: web.Request) -> web.Response:
     return _page("Authorised", "mtt-router may now use the MTT API. You can close this page.")
 
 
-def create_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
-    """The public application; its cleanup context owns every resource of the daemon."""
+def create_app(
+    config: Config, *, metrics: Metrics | None = None, clock: Clock | None = None
+) -> web.Application:
+    """The public application; its cleanup context owns every resource of the daemon.
+
+    ``clock`` replaces the wall clock that schedules are evaluated against (demo, tests).
+    """
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[CONFIG] = config
+    if clock is not None:
+        app[CLOCK] = clock
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[NOTIFICATIONS] = _NotificationCounter(app[METRICS].notifications)
     app.cleanup_ctx.append(services_ctx)

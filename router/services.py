@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import aiohttp
 import structlog
@@ -51,7 +52,17 @@ class Services:
         return await self.rules_source.reload(reason)
 
 
+Clock = Callable[[], datetime]
+"""Wall-clock time for schedules; the demo and tests pin it, the daemon uses the real one."""
+
+
+def real_clock() -> datetime:
+    """Now, in UTC."""
+    return datetime.now(UTC)
+
+
 SERVICES = web.AppKey("services", Services)
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 
@@ -87,6 +98,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             claims=stores.claims,
             presence=stores.presence,
             budget_ms=config.routing.decision_budget_ms,
+            now=app.get(CLOCK, real_clock),
         )
         # Closed first: in-flight decisions finish (bounded by the budget) while the session,
         # tokens and stores they use are still open.
