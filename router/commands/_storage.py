@@ -31,8 +31,8 @@ def run_storage(args: argparse.Namespace, action: StorageAction) -> int:
             f"{config.storage!r} (set a redis:// URL)",
             EXIT_USAGE,
         )
-    # Warnings only: an operator wants the command's answer, not the store's chatter.
-    configure_logging("console" if sys.stderr.isatty() else config.log.format, "warning")
+    # Errors only: the command reports a storage failure itself, in one line.
+    configure_logging("console" if sys.stderr.isatty() else config.log.format, "error")
     return asyncio.run(_guarded(config, action))
 
 
