@@ -284,8 +284,8 @@ async def test_revoked_refresh_token_enters_needs_login(
                 await tm.access_token()  # fails fast, without asking MTT again
             polled = loads[0]
             await wait_until(lambda: loads[0] >= polled + 5)  # the refresher keeps polling
-            assert tm._loop_task is not None
-            assert not tm._loop_task.done()
+            assert tm._refresher is not None
+            assert tm._refresher.running
         finally:
             await tm.close()
     assert tm.needs_login

@@ -32,6 +32,7 @@ import structlog
 from router.errors import InvalidGrantError, InvalidStateError, NeedsLoginError, UpstreamError
 from router.metrics import Metrics
 from router.mtt.oauth import OAuthClient
+from router.mtt.refresher import Refresher, next_refresh_at
 from router.mtt.tokens import TokenResponse, TokenSet
 from router.state import OAuthStateStore, TokenStore
 
@@ -40,13 +41,6 @@ STATE_TTL_S = 600.0
 EXPIRY_SKEW_S = 30.0
 """Treat the access token as expired this much early (at most 10% of its lifetime), so a request
 does not reach MTT just after the token died."""
-REFRESH_TOKEN_MARGIN_S = 6 * 3600.0
-"""Refresh at least this long (at most 20% of its lifetime) before the refresh token lapses."""
-MAX_SLEEP_S = 60.0
-"""The refresher re-reads the clock at least this often (the wall clock may jump, hosts sleep)."""
-BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
-MIN_INTERVAL_S = 0.5
-"""The refresher starts refreshes at least this far apart."""
 CLOSE_WAIT_S = 10.0
 """On close, an in-flight refresh may finish (its answer must be saved) for this long."""
 
@@ -96,8 +90,8 @@ class TokenManager:
         self._refused_access: str | None = None  # an access token MTT answered 401 to
         self._announced_at: float | None = None
         self._refresh_task: asyncio.Task[TokenSet] | None = None
-        self._loop_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._refresher: Refresher | None = None
 
     def __repr__(self) -> str:
         return f"TokenManager(needs_login={self.needs_login}, version={self.version})"
@@ -141,7 +135,7 @@ class TokenManager:
             "access_valid": self._access_usable(tokens, now),
             "access_expires_at": _iso(tokens.access_expires_at),
             "refresh_expires_at": _iso(tokens.refresh_expires_at),
-            "next_refresh_at": None if needs_login else _iso(self._next_due(tokens)),
+            "next_refresh_at": None if needs_login else _iso(next_refresh_at(tokens)),
             "obtained_at": _iso(tokens.obtained_at),
             "version": tokens.version,
             "persisted": self._unsaved is None,
@@ -167,7 +161,7 @@ class TokenManager:
             self._adopt(stored)
             now = self._clock()
             self._login_required = not (stored.access_valid(now) or stored.refresh_valid(now))
-        self._update_gauges()
+        self.update_gauges()
         return stored
 
     async def start(self) -> None:
@@ -175,15 +169,14 @@ class TokenManager:
         await self.load()
         if self.needs_login:
             await self._announce("no usable tokens stored")
-        self._loop_task = asyncio.create_task(self._run(), name="mtt-token-refresher")
+        self._refresher = Refresher(self, self._changed, poll_s=self._poll_s)
+        self._refresher.start()
 
     async def close(self) -> None:
         """Stop the refresher; let an in-flight refresh finish (briefly) so its answer is saved."""
-        loop_task, self._loop_task = self._loop_task, None
-        if loop_task is not None:
-            loop_task.cancel("token manager closing")
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop_task
+        refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            await refresher.close()
         task = self._refresh_task
         if task is not None and not task.done():
             await asyncio.wait((task,), timeout=CLOSE_WAIT_S)
@@ -213,7 +206,7 @@ class TokenManager:
             return tokens.access_token  # someone already refreshed
         self._refused_access = used_token
         if tokens is None or self._login_required:
-            self._update_gauges()
+            self.update_gauges()
             raise NeedsLoginError("no usable MTT token: run `mtt-router auth login`")
         return (await self._join_refresh()).access_token
 
@@ -255,6 +248,15 @@ class TokenManager:
         return tokens
 
     # -- refresh ----------------------------------------------------------------------------
+
+    @property
+    def refreshable(self) -> bool:
+        """True when a refresh may be tried (there is a set, and MTT has not refused it)."""
+        return self._tokens is not None and not self._login_required
+
+    async def refresh(self) -> TokenSet:
+        """Refresh now, or join the refresh already running (one request for all callers)."""
+        return await self._join_refresh()
 
     async def _join_refresh(self) -> TokenSet:
         task = self._refresh_task
@@ -363,7 +365,7 @@ class TokenManager:
 
     async def _enter_needs_login(self, reason: str) -> NeedsLoginError:
         self._login_required = True
-        self._update_gauges()
+        self.update_gauges()
         await self._announce(reason)
         return NeedsLoginError(f"no usable MTT token ({reason}): run `mtt-router auth login`")
 
@@ -386,63 +388,25 @@ class TokenManager:
     def _adopt(self, tokens: TokenSet) -> None:
         self._tokens = tokens
         self._login_required = False
-        self._update_gauges()
+        self.update_gauges()
         self._changed.set()
 
-    def _update_gauges(self) -> None:
+    def now(self) -> float:
+        """The manager's clock (Unix seconds; injectable for tests)."""
+        return self._clock()
+
+    def update_gauges(self) -> None:
+        """Set ``needs_login`` and the expiry gauges from the current state."""
         self._metrics.needs_login.set(1 if self.needs_login else 0)
         if self._tokens is not None:
             self._metrics.token_expiry.labels("access").set(self._tokens.access_expires_at)
             self._metrics.token_expiry.labels("refresh").set(self._tokens.refresh_expires_at)
 
-    @staticmethod
-    def _next_due(tokens: TokenSet) -> float:
-        """At 80% of the access lifetime, or earlier to keep the refresh token valid."""
-        due = tokens.refresh_due_at()
-        margin = min(REFRESH_TOKEN_MARGIN_S, 0.2 * (tokens.refresh_expires_at - tokens.obtained_at))
-        keep_alive = tokens.refresh_expires_at - margin
-        if keep_alive > tokens.obtained_at:  # else this set already carries a non-rotated token
-            due = min(due, keep_alive)
-        return due
+    # -- while waiting for a login ---------------------------------------------------------
 
-    # -- background refresher ---------------------------------------------------------------
-
-    async def _run(self) -> None:
-        backoff = BACKOFF_MIN_S
-        last_attempt = float("-inf")
-        while True:
-            self._changed.clear()
-            self._update_gauges()
-            tokens = self._tokens
-            if tokens is None or self._login_required:
-                await self._wait(self._poll_s)
-                await self._poll_store()
-                continue
-            delay = self._next_due(tokens) - self._clock()
-            if delay <= 0:
-                # Never spin, even if MTT hands out tokens that are due at once.
-                delay = last_attempt + MIN_INTERVAL_S - time.monotonic()
-            if delay > 0:
-                await self._wait(min(delay, MAX_SLEEP_S))
-                continue
-            last_attempt = time.monotonic()
-            try:
-                await self._join_refresh()
-                backoff = BACKOFF_MIN_S
-            except NeedsLoginError:
-                continue
-            except Exception as exc:  # never let the refresher die; the next try may work
-                _log().warning("token_refresh_retry", in_s=backoff, error_type=type(exc).__name__)
-                await self._wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-
-    async def _wait(self, delay_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay_s):
-                await self._changed.wait()
-
-    async def _poll_store(self) -> None:
-        """In needs-login: pick up a set stored by a login elsewhere; remind every 10 minutes."""
+    async def reload(self) -> None:
+        """Adopt a newer usable set from the store (a login elsewhere); while still waiting for
+        a login, repeat the needs-login log line every 10 minutes (its URL's lifetime)."""
         try:
             stored = await self._store.load()
         except Exception as exc:
