@@ -5,13 +5,21 @@ It shares the daemon's :class:`~router.services.Services` with the public app, w
 
 from __future__ import annotations
 
+import hmac
+import json
 import time
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from router.services import SERVICES, Services
+from router.errors import StorageError
+from router.numbers import NumberError, normalize
+from router.services import CONFIG, SERVICES, Services
+from router.state.redis import ClientMap
+
+T = TypeVar("T")
 
 PUBLIC_APP = web.AppKey("public_app", web.Application)
 
@@ -105,10 +113,93 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def _client_map(request: web.Request) -> ClientMap:
+    """The Redis client map, after checking the bearer token (constant-time compare)."""
+    services = _services(request)
+    token = services.config.server.admin_token
+    assert token is not None  # the routes exist only with a token
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        raise web.HTTPUnauthorized(
+            text='{"error": "bearer token required"}',
+            content_type="application/json",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if services.stores.redis is None:
+        raise web.HTTPConflict(
+            text='{"error": "per-client edits need storage: redis://"}',
+            content_type="application/json",
+        )
+    return services.stores.redis.clients
+
+
+def _number(request: web.Request) -> str:
+    raw = request.match_info["number"]
+    try:
+        return normalize(raw)
+    except NumberError as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": str(exc)}), content_type="application/json"
+        ) from None
+
+
+async def client_get(request: web.Request) -> web.Response:
+    """``GET /clients/{number}``: the caller's personal manager from the client map."""
+    clients, number = _client_map(request), _number(request)
+    manager = await _storage(clients.get(number))
+    if manager is None:
+        return web.json_response({"number": number, "error": "not in the client map"}, status=404)
+    return web.json_response({"number": number, "manager": manager})
+
+
+async def client_put(request: web.Request) -> web.Response:
+    """``PUT /clients/{number}`` with ``{"manager": ID}``: set the caller's personal manager."""
+    clients, number = _client_map(request), _number(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    manager = body.get("manager") if isinstance(body, dict) else None
+    if not isinstance(manager, str) or not manager:
+        return web.json_response({"error": 'body must be {"manager": "<manager id>"}'}, status=400)
+    loaded = _services(request).rules.current
+    if loaded is not None and manager not in loaded.rules.managers:
+        known = ", ".join(sorted(loaded.rules.managers))
+        return web.json_response(
+            {"error": f"unknown manager {manager!r} (rules have: {known})"}, status=422
+        )
+    await _storage(clients.set(number, manager))
+    return web.json_response({"number": number, "manager": manager})
+
+
+async def client_delete(request: web.Request) -> web.Response:
+    """``DELETE /clients/{number}``: forget the caller."""
+    clients, number = _client_map(request), _number(request)
+    if not await _storage(clients.delete(number)):
+        return web.json_response({"number": number, "error": "not in the client map"}, status=404)
+    return web.json_response({"number": number, "deleted": True})
+
+
+async def _storage(awaitable: Awaitable[T]) -> T:
+    try:
+        return await awaitable
+    except StorageError as exc:
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": f"storage: {exc}"}), content_type="application/json"
+        ) from None
+
+
 def create_admin_app(public_app: web.Application) -> web.Application:
-    """The admin application; start it after ``public_app``, whose services it reads."""
+    """The admin application; start it after ``public_app``, whose services it reads.
+
+    ``/clients/{number}`` exists only when ``server.admin_token`` is configured.
+    """
     app = web.Application()
     app[PUBLIC_APP] = public_app
+    if public_app[CONFIG].server.admin_token:
+        app.router.add_get("/clients/{number}", client_get)
+        app.router.add_put("/clients/{number}", client_put)
+        app.router.add_delete("/clients/{number}", client_delete)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, Protocol
 
 import structlog
 
-from router.errors import NeedsLoginError, UpstreamError
+from router.errors import NeedsLoginError, StorageError, UpstreamError
 from router.metrics import Metrics
 from router.mtt.client import MttClient
 from router.numbers import try_normalize
@@ -26,21 +26,39 @@ RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
 
 
+class SharedDirectory(Protocol):
+    """The Redis directory store as used here (see :class:`router.state.redis.DirectoryStore`)."""
+
+    async def save(self, kind: str, data: Any) -> int: ...
+
+    async def load(self, kind: str) -> Any: ...
+
+    async def watch(self, callback: Callable[[str, int], Awaitable[None]]) -> None: ...
+
+
 class Directory:
-    """External numbers and workplaces as MTT last reported them."""
+    """External numbers and workplaces as MTT last reported them.
+
+    With a ``shared`` store (Redis), what one replica fetches is saved there and adopted by the
+    others: a ``numbersChanged`` notification reaches only one replica behind a load balancer.
+    """
 
     def __init__(
         self,
         client: MttClient,
         metrics: Metrics,
         park: Sequence[str] | Literal["all"] = (),
+        shared: SharedDirectory | None = None,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._park = park
+        self._shared = shared
+        self._watch_task: asyncio.Task[None] | None = None
         self.numbers: frozenset[str] | None = None
         self.raw_numbers: tuple[str, ...] = ()
         self.workplaces: dict[str, str] | None = None
+        self._workplace_ids: frozenset[str] = frozenset()
         self.parked: frozenset[str] = frozenset()
         self._wake = asyncio.Event()
         self._pending: set[str] = {"numbers", "workplaces"}
@@ -49,20 +67,44 @@ class Directory:
     @property
     def workplace_ids(self) -> frozenset[str] | None:
         """SIP IDs of the known workplaces, or ``None`` before the first successful fetch."""
-        return None if self.workplaces is None else frozenset(self.workplaces)
+        return None if self.workplaces is None else self._workplace_ids
 
     def start(self) -> None:
-        """Start the background task that fetches and refreshes the directory."""
+        """Start the background tasks that fetch, refresh (and share) the directory."""
         self._wake.set()
         self._task = asyncio.create_task(self._run(), name="directory")
+        if self._shared is not None:
+            self._watch_task = asyncio.create_task(
+                self._shared.watch(self._adopt), name="directory-watch"
+            )
 
     async def close(self) -> None:
-        """Stop the background task."""
-        if self._task is not None:
-            self._task.cancel("directory closing")
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the background tasks."""
+        for task in (self._task, self._watch_task):
+            if task is not None:
+                task.cancel("directory closing")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._watch_task = None
+
+    async def _adopt(self, kind: str, version: int) -> None:
+        """Take what a sibling replica fetched (or what we saved ourselves: harmless)."""
+        assert self._shared is not None
+        snapshot = await self._shared.load(kind)
+        if snapshot is None:
+            return
+        if kind == "numbers" and isinstance(snapshot.data, list):
+            self._set_numbers(tuple(str(n) for n in snapshot.data))
+        elif kind == "workplaces" and isinstance(snapshot.data, dict):
+            self._set_workplaces({str(k): str(v) for k, v in snapshot.data.items()})
+
+    async def _share(self, kind: str, data: Any) -> None:
+        if self._shared is None:
+            return
+        try:
+            await self._shared.save(kind, data)
+        except StorageError as exc:
+            log.warning("directory_share_failed", kind=kind, error=str(exc))
 
     def request_refresh(self, what: Literal["numbers", "workplaces", "all"] = "all") -> None:
         """Ask for a refresh soon (on a vpbx notification or after a login)."""
@@ -105,21 +147,28 @@ class Directory:
     async def refresh_numbers(self) -> None:
         """Fetch external numbers and park the configured ones that are not parked yet."""
         listed = await self._client.external_numbers()
-        raw = tuple(n.number for n in listed)
+        self._set_numbers(tuple(n.number for n in listed))
+        await self._share("numbers", list(self.raw_numbers))
+        await self._apply_parking()
+
+    def _set_numbers(self, raw: tuple[str, ...]) -> None:
         normal = {try_normalize(n) for n in raw}
-        normal.discard(None)
         self.raw_numbers = raw
         self.numbers = frozenset(n for n in normal if n is not None)
         self._metrics.directory_size.labels("numbers").set(len(self.numbers))
         log.info("directory_numbers", count=len(self.numbers))
-        await self._apply_parking()
 
     async def refresh_workplaces(self) -> None:
         """Fetch workplaces (SIP IDs and names)."""
         listed = await self._client.workplaces()
-        self.workplaces = {w.workplace: w.name for w in listed}
-        self._metrics.directory_size.labels("workplaces").set(len(self.workplaces))
-        log.info("directory_workplaces", count=len(self.workplaces))
+        self._set_workplaces({w.workplace: w.name for w in listed})
+        await self._share("workplaces", self.workplaces)
+
+    def _set_workplaces(self, workplaces: dict[str, str]) -> None:
+        self.workplaces = workplaces
+        self._workplace_ids = frozenset(workplaces)
+        self._metrics.directory_size.labels("workplaces").set(len(workplaces))
+        log.info("directory_workplaces", count=len(workplaces))
 
     async def _apply_parking(self) -> None:
         if self._park == "all":

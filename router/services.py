@@ -19,11 +19,12 @@ from aiohttp import web
 from router.config import Config
 from router.directory import Directory
 from router.engine import Engine
+from router.errors import StorageError
 from router.metrics import Metrics
 from router.mtt.auth import TokenManager
 from router.mtt.client import MttClient, make_session
 from router.mtt.oauth import OAuthClient
-from router.rules.source import FileRulesSource, RulesHolder
+from router.rules.source import FileRulesSource, RedisRulesSource, RulesHolder
 from router.state.factory import Stores, open_stores
 
 log = structlog.get_logger("router")
@@ -40,16 +41,18 @@ class Services:
     tokens: TokenManager
     mtt: MttClient
     rules: RulesHolder
-    rules_source: FileRulesSource | None
+    rules_source: FileRulesSource | RedisRulesSource
     directory: Directory
     engine: Engine
     started_at: float
 
     async def reload_rules(self, reason: str) -> bool:
         """Reload the rules (SIGHUP); False when the new rules were rejected."""
-        if self.rules_source is None:
+        try:
+            return await self.rules_source.reload(reason)
+        except StorageError as exc:
+            log.error("rules_reload_failed", reason=reason, error=str(exc))
             return False
-        return await self.rules_source.reload(reason)
 
 
 Clock = Callable[[], datetime]
@@ -82,12 +85,19 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(tokens.close)
         mtt = MttClient(session, config.mtt.api_url, tokens, metrics)
         holder = RulesHolder(metrics)
-        source = None
-        if config.rules.source == "file":
+        source: FileRulesSource | RedisRulesSource
+        if config.rules.source == "redis" and stores.redis is not None:
+            source = RedisRulesSource(stores.redis.rules, holder)
+        else:
             source = FileRulesSource(config.rules.path, holder)
-            await source.start()
-            stack.push_async_callback(source.close)
-        directory = Directory(mtt, metrics, park=config.routing.park)
+        await source.start()
+        stack.push_async_callback(source.close)
+        directory = Directory(
+            mtt,
+            metrics,
+            park=config.routing.park,
+            shared=stores.redis.directory if stores.redis is not None else None,
+        )
         directory.start()
         stack.push_async_callback(directory.close)
         engine = Engine(
@@ -98,6 +108,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             claims=stores.claims,
             presence=stores.presence,
             budget_ms=config.routing.decision_budget_ms,
+            clients=stores.redis.clients if stores.redis is not None else None,
             now=app.get(CLOCK, real_clock),
         )
         # Closed first: in-flight decisions finish (bounded by the budget) while the session,

@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
-from router.errors import RulesError
+from router.errors import RulesError, StorageError
 from router.metrics import Metrics
 from router.rules.loader import load_rules, load_rules_file
 from router.rules.model import Rules
@@ -136,3 +138,71 @@ class FileRulesSource:
 def parse_rules_text(text: str, source: str) -> Rules:
     """Validate rules text (for `rules push` and the Redis source); raises :class:`RulesError`."""
     return load_rules(text, source)
+
+
+class SharedRules(Protocol):
+    """The Redis rules store as this source uses it (see :class:`router.state.redis.RulesStore`)."""
+
+    async def pull(self) -> tuple[int, str] | None: ...
+
+    async def watch(
+        self, callback: Callable[[int], Awaitable[None]], *, known_version: int | None = None
+    ) -> None: ...
+
+
+class RedisRulesSource:
+    """Rules pushed to Redis by ``mtt-router rules push``; every replica follows the newest version.
+
+    Pub/sub brings a new version within moments (the store also polls, for lost messages). Until
+    a version exists the holder stays empty: the daemon is not ready and releases parked calls to
+    the PBX. A pushed text that does not load (pushed by another release) keeps the last good rules.
+    """
+
+    def __init__(self, store: SharedRules, holder: RulesHolder) -> None:
+        self.store = store
+        self.holder = holder
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Load the current version if Redis answers, then follow new versions."""
+        try:
+            await self.reload("start")
+        except StorageError as exc:
+            log.warning("rules_redis_unavailable", error=str(exc))
+        known = self.holder.current.version if self.holder.current else None
+        self._task = asyncio.create_task(
+            self.store.watch(self._on_version, known_version=known), name="rules-redis-watch"
+        )
+
+    async def close(self) -> None:
+        """Stop following."""
+        if self._task is not None:
+            self._task.cancel("rules source closing")
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _on_version(self, version: int) -> None:
+        log.info("rules_version_announced", version=version)
+        await self.reload("new version")
+
+    async def reload(self, reason: str) -> bool:
+        """Pull the stored version and install it; False when absent or invalid."""
+        async with self._lock:
+            pulled = await self.store.pull()
+            if pulled is None:
+                log.warning(
+                    "rules_redis_empty", hint="push rules with `mtt-router rules push FILE`"
+                )
+                return False
+            version, text = pulled
+            source = f"redis rules version {version}"
+            try:
+                rules = await asyncio.to_thread(load_rules, text, source)
+            except RulesError as exc:
+                self.holder.reject(source, exc)
+                return False
+            log.info("rules_reload", reason=reason, source=source)
+            self.holder.install(rules, version, "redis")
+            return True

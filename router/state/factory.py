@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from router.config import Config
-from router.errors import ConfigError
 from router.metrics import Metrics
 from router.state import CallClaims, OAuthStateStore, Presence, TokenStore
 from router.state.memory import (
@@ -15,6 +14,7 @@ from router.state.memory import (
     MemoryOAuthStates,
     MemoryPresence,
 )
+from router.state.redis import RedisStores, open_redis_stores
 
 
 async def _always_up() -> bool:
@@ -31,6 +31,8 @@ class Stores:
     presence: Presence
     pinger: Callable[[], Awaitable[bool]] = _always_up
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    redis: RedisStores | None = None
+    """With ``storage: redis://``: the shared rules, client map and directory stores too."""
 
     async def ping(self) -> bool:
         """True when the storage answers (memory always does)."""
@@ -45,9 +47,16 @@ class Stores:
 async def open_stores(config: Config, metrics: Metrics | None = None) -> Stores:
     """The stores for ``config.storage``: ``memory`` (tokens in ``tokens_file``) or Redis."""
     if config.uses_redis:
-        # Redis plugs in here (router/state/redis_*.py): open the pool, build the four stores on
-        # it, set ``pinger`` to its health check and append the pool's close to ``closers``.
-        raise ConfigError(["storage: Redis storage is not wired in yet"])
+        redis = await open_redis_stores(config, metrics if metrics is not None else Metrics())
+        return Stores(
+            tokens=redis.tokens,
+            states=redis.states,
+            claims=redis.claims,
+            presence=redis.presence,
+            pinger=redis.ping,
+            closers=[redis.aclose],
+            redis=redis,
+        )
     return Stores(
         tokens=FileTokenStore(config.tokens_file),
         states=MemoryOAuthStates(),
