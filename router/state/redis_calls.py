@@ -185,7 +185,7 @@ class RedisPresence:
             await self._write(workplace, call_id, ttl_s)
         except StorageError as exc:
             self._unsynced[(workplace, call_id)] = time.monotonic() + ttl_s
-            log.warning("presence_local_only", workplace=workplace, error=str(exc))
+            log.debug("presence_local_only", workplace=workplace, error=str(exc))
 
     async def set_free(self, workplace: str, call_id: str) -> None:
         """Mark the end of ``call_id`` on ``workplace`` here at once, then in Redis."""
@@ -194,7 +194,7 @@ class RedisPresence:
             await self._write(workplace, call_id, None)
         except StorageError as exc:
             self._unsynced[(workplace, call_id)] = None
-            log.warning("presence_local_only", workplace=workplace, error=str(exc))
+            log.debug("presence_local_only", workplace=workplace, error=str(exc))
 
     async def sync(self) -> bool:
         """Write back unsynced changes, then take Redis' view; False (view kept) if Redis failed."""

@@ -1,9 +1,11 @@
 """Redis connections that give up fast, and the one place Redis errors become ``StorageError``.
 
-redis-py's defaults suit batch jobs, not a 5-second parking window: measured with redis-py 8, a
-refused connection fails only after ~4 s (10 retries with backoff) and a hung server blocks for
-over 40 s. :func:`connect` sets every timeout explicitly per *role*: the daemon gives up within
-a few hundred milliseconds and falls back to local state; the CLI is more patient.
+redis-py's defaults suit batch jobs, not a 5-second parking window: measured with redis-py 8.1,
+a hung server (it accepts connections and never answers: SIGSTOP) holds a command for 5 s, the
+default socket timeout, which is the whole window. :func:`connect` sets every timeout explicitly
+per *role*: the daemon gives up within a quarter second (a stopped Redis: ~15 ms) and falls back
+to local state; the CLI is more patient. Timeouts are not retried; a broken pooled connection is,
+once.
 
 Every store runs its commands through :meth:`RedisOps.run`, which bounds the whole operation,
 turns any Redis or socket failure into :class:`~router.errors.StorageError`, counts
