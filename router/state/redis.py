@@ -12,6 +12,7 @@ key / channel                    what                                           
 ``oauth:state:<state>``          pending OAuth state (GETDEL)                           caller
 ``claim:<call id>``              the replica that decides a call (SET NX)               caller
 ``presence``                     zset "<workplace>|<call id>" -> expiry ms              longest
+``presence:ended``               calls freed lately: a late "busy" for them is refused   1 h
 ``presence:changed``             channel: JSON busy/free messages                       -
 ``rules``                        hash {version, text, pushed_at, source}                none
 ``rules:changed``                channel: new version                                   -

@@ -5,6 +5,10 @@ Keys (``P`` is ``storage_prefix``):
 - ``P claim:<call id>`` — SET NX PX: the first replica to set it decides the call.
 - ``P presence`` — sorted set of ``<workplace>|<call id>`` scored by expiry (Redis time, ms);
   expired members are trimmed on every write and the key's TTL covers its longest member.
+- ``P presence:ended`` — sorted set of ``<workplace>|<call id>`` freed in the last hour: a "busy"
+  for one of them is refused. Behind a load balancer ``connected`` and ``finished`` of one call
+  reach different replicas, and their writes can land in either order (always after an outage,
+  when each replica writes back what it saw); without this the workplace would stay busy.
 - ``P presence:changed`` — channel: one JSON message per change, applied by the other replicas.
 
 Both keep working while Redis is down: a claim falls back to this process's memory (so one replica
@@ -32,11 +36,17 @@ log = structlog.get_logger("router.state")
 
 LOCAL_CLAIMS_MAX = 100_000
 PRESENCE_SYNC_S = 2.0
+ENDED_TTL_MS = 3_600_000
+"""How long a freed call is remembered (so a late "busy" for it is refused)."""
 
 _BUSY_LUA = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  return 0
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ttl then
@@ -47,7 +57,13 @@ return 1
 """
 
 _FREE_LUA = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local ttl = tonumber(ARGV[4])
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
 """
@@ -132,6 +148,7 @@ class RedisPresence:
     def __init__(self, ops: RedisOps, *, sync_interval_s: float = PRESENCE_SYNC_S) -> None:
         self._ops = ops
         self.key = ops.key("presence")
+        self.ended_key = ops.key("presence", "ended")
         self.channel = ops.key("presence", "changed")
         self._busy_script = ops.client.register_script(_BUSY_LUA)
         self._free_script = ops.client.register_script(_FREE_LUA)
@@ -182,10 +199,13 @@ class RedisPresence:
         """Mark ``workplace`` on ``call_id`` here at once, then in Redis (for ``ttl_s``)."""
         self._apply(workplace, call_id, time.monotonic() + ttl_s)
         try:
-            await self._write(workplace, call_id, ttl_s)
+            accepted = await self._write(workplace, call_id, ttl_s)
         except StorageError as exc:
             self._unsynced[(workplace, call_id)] = time.monotonic() + ttl_s
             log.debug("presence_local_only", workplace=workplace, error=str(exc))
+            return
+        if not accepted:  # the call already ended (its "finished" went to another replica)
+            self._apply(workplace, call_id, None)
 
     async def set_free(self, workplace: str, call_id: str) -> None:
         """Mark the end of ``call_id`` on ``workplace`` here at once, then in Redis."""
@@ -236,25 +256,28 @@ class RedisPresence:
         for workplace, call_id, expiry in journal:
             self._apply(workplace, call_id, expiry)
 
-    async def _write(self, workplace: str, call_id: str, ttl_s: float | None) -> None:
+    async def _write(self, workplace: str, call_id: str, ttl_s: float | None) -> bool:
+        """Write one change; False when Redis refused a "busy" for a call that already ended."""
         member = f"{workplace}|{call_id}"
+        keys = [self.key, self.ended_key]
         if ttl_s is None:
             message = json.dumps({"op": "free", "workplace": workplace, "call_id": call_id})
             await self._ops.run(
                 "presence.set_free",
-                lambda: self._free_script(keys=[self.key], args=[member, self.channel, message]),
+                lambda: self._free_script(
+                    keys=keys, args=[member, self.channel, message, ENDED_TTL_MS]
+                ),
             )
-            return
+            return True
         ttl_ms = max(1, int(ttl_s * 1000))
         message = json.dumps(
             {"op": "busy", "workplace": workplace, "call_id": call_id, "ttl_ms": ttl_ms}
         )
-        await self._ops.run(
+        accepted = await self._ops.run(
             "presence.set_busy",
-            lambda: self._busy_script(
-                keys=[self.key], args=[member, ttl_ms, self.channel, message]
-            ),
+            lambda: self._busy_script(keys=keys, args=[member, ttl_ms, self.channel, message]),
         )
+        return bool(accepted)
 
     def _apply(self, workplace: str, call_id: str, expiry: float | None) -> None:
         self._busy = None

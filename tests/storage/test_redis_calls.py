@@ -126,6 +126,24 @@ async def test_a_workplace_on_two_calls_stays_busy_until_both_end(ops: RedisOps)
     assert presence.busy() == {"wp1"}
 
 
+async def test_a_call_freed_on_one_replica_is_not_made_busy_again_by_another(
+    make_ops: MakeOps,
+) -> None:
+    """``finished`` written (by one replica) before ``connected`` (by another, behind a load
+    balancer or after an outage): the workplace ends up free on both, not busy for hours."""
+    one, two = RedisPresence(make_ops()), RedisPresence(make_ops())
+    await two.set_free("wp1", "c1")
+    await one.set_busy("wp1", "c1", 3600)
+    assert one.busy() == frozenset()
+    assert await one.sync()
+    assert await two.sync()
+    assert (one.busy(), two.busy()) == (frozenset(), frozenset())
+    assert 0 < await one._ops.client.pttl(one.ended_key) <= 3_600_000
+    await one.set_busy("wp1", "c2", 60)  # another call on the same workplace still counts
+    assert await two.sync()
+    assert two.busy() == {"wp1"}
+
+
 async def test_presence_keeps_its_local_view_while_redis_is_down(
     make_ops: MakeOps, redis_server: RedisServer
 ) -> None:
