@@ -1,0 +1,328 @@
+"""The public listener: ``POST P/events`` (bad input is never a 5xx) and the OAuth callback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from router.mtt import auth
+from router.simulator import EndpointFault, SimConfig
+from router.state.memory import FileTokenStore
+from tests.fixtures.daemon import (
+    IVANOV_CLIENT,
+    NUMBER,
+    RunningDaemon,
+    StartDaemon,
+    daemon_sim_config,
+)
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def sim_config() -> SimConfig:
+    """The simulator for daemon tests (1 s parking window)."""
+    return daemon_sim_config()
+
+
+def trying(call_id: str = "call-1", **info: Any) -> dict[str, Any]:
+    """A parked-call ``trying`` in the document's shape."""
+    call_info: dict[str, Any] = {
+        "call": {"id": call_id, "tag": "tag-1"},
+        "callee": {"accountId": NUMBER, "id": NUMBER, "forwarderList": []},
+        "caller": {"accountId": f"{IVANOV_CLIENT}@pstn", "id": IVANOV_CLIENT, "forwarderList": []},
+        "state": "trying",
+        "transportId": "10.0.0.1:5073",
+        "type": "incoming",
+    }
+    return {"event": "callNotifications", "result": {"callInfo": call_info | info}}
+
+
+# -- /events: bad input ------------------------------------------------------------------------
+
+MALFORMED = [
+    pytest.param(b"", id="empty"),
+    pytest.param(b"{", id="truncated"),
+    pytest.param(b"{'event': 'x'}", id="single-quotes"),
+    pytest.param(b"\xff\xfe\x00", id="not-utf8"),
+    pytest.param(b"[" * 5000 + b"]" * 5000, id="nested-too-deep"),
+    pytest.param(b'{"event": "callNotifications", "x": 1e400}', id="number-overflow"),
+    pytest.param(b'{"event": "x"} trailing', id="trailing-garbage"),
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED)
+async def test_malformed_json_is_400(daemon: RunningDaemon, body: bytes) -> None:
+    """A body that is not JSON: 400 saying so, counted as malformed_json."""
+    status, text = await daemon.post_event(body, {"Content-Type": "application/json"})
+    assert (status, text.startswith("malformed JSON")) == (400, True)
+    assert daemon.sample("mtt_router_bad_requests_total", reason="malformed_json") == 1
+
+
+NOT_OBJECTS = [[], [trying()], "trying", 42, None, True]
+
+
+@pytest.mark.parametrize("body", NOT_OBJECTS, ids=repr)
+async def test_non_object_body_is_400(daemon: RunningDaemon, body: Any) -> None:
+    """Valid JSON that is not an object: 400 with a short reason."""
+    status, text = await daemon.post_event(json.dumps(body).encode())
+    assert (status, text) == (400, "not a notification: body must be a JSON object\n")
+
+
+WRONG_SHAPES = [
+    pytest.param({}, "'event' is missing", id="no-event"),
+    pytest.param({"event": 7}, "'event' is missing", id="event-not-string"),
+    pytest.param({"event": "callNotifications"}, "'result' must be an object", id="no-result"),
+    pytest.param(
+        {"event": "callNotifications", "result": []}, "'result' must be an object", id="result-list"
+    ),
+    pytest.param(
+        {"event": "callNotifications", "result": {}},
+        "result.callInfo must be an object",
+        id="no-callInfo",
+    ),
+    pytest.param(
+        {"event": "callNotifications", "result": {"callInfo": {"state": "trying"}}},
+        "result.callInfo.call.id is missing",
+        id="no-call-id",
+    ),
+    pytest.param(trying(call_id=""), "result.callInfo.call.id is missing", id="empty-call-id"),
+    pytest.param(
+        {"event": "callNotifications", "result": {"callInfo": {"call": {"id": "x"}}}},
+        "result.callInfo.state is missing",
+        id="no-state",
+    ),
+    pytest.param(trying(state=3), "result.callInfo.state is missing", id="state-not-string"),
+    pytest.param(trying(caller="78124241500"), "callInfo.caller must be an object", id="caller"),
+    pytest.param(
+        trying(callee={"forwarderList": "883140777716581"}),
+        "callInfo.callee.forwarderList must be a list",
+        id="forwarders-not-list",
+    ),
+    pytest.param(
+        {"event": "vpbxNotifications", "result": {}},
+        "result.eventType is missing",
+        id="vpbx-no-eventType",
+    ),
+    pytest.param(
+        {"event": "vpbxNotifications", "result": "numbersChanged"},
+        "'result' must be an object",
+        id="vpbx-result-string",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "reason"), WRONG_SHAPES)
+async def test_wrong_shape_is_400_with_reason(
+    daemon: RunningDaemon, body: dict[str, Any], reason: str
+) -> None:
+    """An object that is not a notification: 400 naming what is wrong; nothing is routed."""
+    status, text = await daemon.post_event(body)
+    assert (status, text) == (400, f"not a notification: {reason}\n")
+    assert daemon.sample("mtt_router_bad_requests_total", reason="wrong_shape") == 1
+    assert daemon.sim.requests_to("transferCall") == []
+    assert daemon.sim.requests_to("terminateCall") == []
+
+
+async def test_body_over_1_mib_is_413(daemon: RunningDaemon) -> None:
+    """Over 1 MiB: 413, whether the length is announced or the body is streamed (chunked)."""
+    big = json.dumps(trying(padding="x" * MIB)).encode()
+    status, text = await daemon.post_event(big)
+    assert (status, text) == (413, "body over 1 MiB\n")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 64 * 1024):
+            yield big[start : start + 64 * 1024]
+
+    async with daemon.http.post(daemon.events_url, data=chunks()) as resp:
+        assert (resp.status, await resp.text()) == (413, "body over 1 MiB\n")
+    assert daemon.sample("mtt_router_bad_requests_total", reason="too_large") == 2
+    # Just under the limit is fine: a notification with a long (ignored) field.
+    near = json.dumps(trying(call_id="near", padding="x" * (MIB - 1024))).encode()
+    assert len(near) <= MIB
+    status, _ = await daemon.post_event(near)
+    assert status == 200
+
+
+async def test_oddly_typed_fields_are_accepted_not_500(daemon: RunningDaemon) -> None:
+    """Fields of unexpected types are tolerated (read as absent): 200, never a 5xx."""
+    odd = [
+        trying(call_id="odd-1", duration="long", type=None, transportId=["x"]),
+        trying(call_id="odd-2", caller={"id": {"nested": 1}, "forwarderList": [None, 5]}),
+        trying(call_id="odd-3", caller=None, callee=None),
+        {"event": "callNotifications", "result": {"callInfo": {"call": {"id": 17}, "state": "X"}}},
+    ]
+    for body in odd:
+        status, text = await daemon.post_event(body)
+        assert (status, text) == (200, "ok")
+
+
+# -- /events: well-formed ----------------------------------------------------------------------
+
+
+async def test_well_formed_notification_is_answered_before_the_decision(
+    daemon: RunningDaemon,
+) -> None:
+    """200 at once: MTT never waits on our decision (here slowed by a 500 ms transferCall)."""
+    daemon.sim.faults.set("transferCall", EndpointFault(latency_ms=500))
+    call = daemon.sim.start_call(IVANOV_CLIENT, NUMBER)
+    await asyncio.wait_for(call.wait_trying(), 5)
+    assert call.notifications[0].status == 200
+    # The trying was answered while the decision was still waiting on MTT.
+    assert daemon.decisions() == 0
+    await daemon.wait_decisions(1)
+    assert daemon.decisions("transferred") == 1
+
+
+async def test_unknown_events_and_states_are_counted_and_ignored(daemon: RunningDaemon) -> None:
+    """An unknown event, call state or vpbx eventType: 200, counted, no command, no refresh."""
+    unknown = [
+        {"event": "billingNotifications", "result": {"amount": 1}},
+        trying(call_id="u-1", state="ringing"),
+        {"event": "vpbxNotifications", "result": {"eventType": "tariffChanged"}},
+    ]
+    directory_requests = len(daemon.sim.requests_to("externalNumbersInfo"))
+    for body in unknown:
+        assert await daemon.post_event(body) == (200, "ok")
+    assert daemon.sample("mtt_router_notifications_total", event="unknown", state="") == 1
+    assert (
+        daemon.sample("mtt_router_notifications_total", event="callNotifications", state="unknown")
+        == 1
+    )
+    assert (
+        daemon.sample("mtt_router_notifications_total", event="vpbxNotifications", state="unknown")
+        == 1
+    )
+    # A known event after them is handled: the unknown ones left nothing behind.
+    assert await daemon.post_event(trying(call_id="u-2", state="finished")) == (200, "ok")
+    assert (await daemon.status())["engine"]["inflight"] == 0
+    assert daemon.decisions() == 0
+    assert daemon.sim.requests_to("transferCall") == []
+    assert len(daemon.sim.requests_to("externalNumbersInfo")) == directory_requests
+
+
+# -- the OAuth callback ------------------------------------------------------------------------
+
+
+async def _authorize_location(daemon: RunningDaemon) -> str:
+    """``/oauth/start`` then MTT's authorize page: the callback URL MTT sends the browser to."""
+    async with daemon.http.get(daemon.admin_url + "/oauth/start", allow_redirects=False) as resp:
+        assert resp.status == 302
+        authorize = resp.headers["Location"]
+    async with daemon.http.get(authorize, allow_redirects=False) as resp:
+        assert resp.status == 302
+        return resp.headers["Location"]
+
+
+async def _callback(daemon: RunningDaemon, url: str) -> tuple[int, str]:
+    async with daemon.http.get(url, allow_redirects=False) as resp:
+        return resp.status, await resp.text()
+
+
+async def test_callback_stores_tokens_once(start_daemon: StartDaemon) -> None:
+    """A good callback stores tokens (0600) and makes the daemon ready; replaying it is 400."""
+    daemon = await start_daemon(authorised=False, wait_ready=False)
+    location = await _authorize_location(daemon)
+    assert location.startswith(daemon.callback_url + "?")
+    status, page = await _callback(daemon, location)
+    assert (status, "Authorised" in page) == (200, True)
+    stored = await FileTokenStore(daemon.tokens_path).load()
+    assert stored is not None
+    assert stored.version == 1
+    assert daemon.tokens_path.stat().st_mode & 0o777 == 0o600
+    await daemon.wait_directory()  # the login triggered a directory refresh
+
+    # The same state again (a reload of the page, or an attacker replaying it): refused.
+    status, page = await _callback(daemon, location)
+    assert (status, "unknown, expired or already used" in page) == (400, True)
+    again = await FileTokenStore(daemon.tokens_path).load()
+    assert again is not None
+    assert again.version == 1
+    assert daemon.sim.tokens.grants["authorization_code"] == 1  # no second exchange
+
+
+async def test_callback_with_unknown_state_stores_nothing(start_daemon: StartDaemon) -> None:
+    """A state the daemon never issued: 400, no code exchange, no tokens file, still not ready."""
+    daemon = await start_daemon(authorised=False, wait_ready=False)
+    location = await _authorize_location(daemon)
+    forged = location.replace("state=", "state=forged")
+    status, page = await _callback(daemon, forged)
+    assert (status, "Authorisation failed" in page) == (400, True)
+    assert not daemon.tokens_path.exists()
+    assert daemon.sim.tokens.grants["authorization_code"] == 0
+    code, body = await daemon.admin("/readyz")
+    assert (code, body["checks"]["token"].startswith("needs login")) == (503, True)
+
+
+async def test_callback_with_expired_state_stores_nothing(
+    start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state past its lifetime: 400 and nothing stored."""
+    monkeypatch.setattr(auth, "STATE_TTL_S", 0.0)  # every state is issued already expired
+    daemon = await start_daemon(authorised=False, wait_ready=False)
+    location = await _authorize_location(daemon)
+    status, page = await _callback(daemon, location)
+    assert (status, "unknown, expired or already used" in page) == (400, True)
+    assert not daemon.tokens_path.exists()
+    assert daemon.sim.tokens.grants["authorization_code"] == 0
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "?code=abc", "?state=abc", "?error=access_denied&state=abc"],
+    ids=["nothing", "no-state", "no-code", "denied"],
+)
+async def test_callback_without_code_and_state_is_400(
+    start_daemon: StartDaemon, query: str
+) -> None:
+    """A callback missing its code or state, or carrying MTT's error: 400, nothing stored."""
+    daemon = await start_daemon(authorised=False, wait_ready=False)
+    status, page = await _callback(daemon, daemon.callback_url + query)
+    assert status == 400
+    assert page.startswith("<!doctype html>")
+    assert not daemon.tokens_path.exists()
+
+
+async def test_callback_when_mtt_token_endpoint_is_down_is_502(start_daemon: StartDaemon) -> None:
+    """MTT's token endpoint failing: 502 with a hint to retry, nothing stored, state used up."""
+    daemon = await start_daemon(authorised=False, wait_ready=False)
+    location = await _authorize_location(daemon)
+    daemon.sim.faults.token_endpoint_down(503)
+    status, page = await _callback(daemon, location)
+    assert (status, "/oauth/start" in page) == (502, True)
+    assert not daemon.tokens_path.exists()
+
+
+async def test_oauth_start_gives_a_fresh_state_each_time(start_daemon: StartDaemon) -> None:
+    """Every /oauth/start carries a new state; each can be used once, in any order."""
+    daemon = await start_daemon(authorised=False, wait_ready=False)
+    states = []
+    for _ in range(2):
+        async with daemon.http.get(
+            daemon.admin_url + "/oauth/start", allow_redirects=False
+        ) as resp:
+            assert resp.status == 302
+            states.append(parse_qs(urlsplit(resp.headers["Location"]).query)["state"][0])
+    assert states[0] != states[1]
+    assert min(len(s) for s in states) >= 20
+    # The second one is good although the first was issued before it.
+    async with daemon.http.get(
+        f"{daemon.sim.url}/oauth/authorize",
+        params={
+            "response_type": "code",
+            "client_id": daemon.config.mtt.client_id,
+            "redirect_uri": daemon.config.mtt.redirect_uri,
+            "scope": "https://mtt.ru/auth.tokens.readwrite",
+            "state": states[1],
+        },
+        allow_redirects=False,
+    ) as resp:
+        location = resp.headers["Location"]
+    status, _ = await _callback(daemon, location)
+    assert status == 200
+    assert daemon.tokens_path.exists()
