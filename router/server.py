@@ -67,6 +67,9 @@ async def events(request: web.Request) -> web.Response:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _bad(request, 413, "body over 1 MiB", "too_large")
+    except web.RequestPayloadError:
+        # e.g. "Content-Encoding: gzip" on a body that is not gzip: aiohttp would answer 500.
+        return _bad(request, 400, "unreadable body (bad content encoding)", "unreadable_body")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
