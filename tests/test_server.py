@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -147,6 +148,31 @@ async def test_body_over_1_mib_is_413(daemon: RunningDaemon) -> None:
     assert len(near) <= MIB
     status, _ = await daemon.post_event(near)
     assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "encoding"),
+    [(b"not gzip at all", "gzip"), (b"\x00\x01\x02", "deflate")],
+    ids=["gzip", "deflate"],
+)
+async def test_undecodable_content_encoding_is_400(
+    daemon: RunningDaemon, body: bytes, encoding: str
+) -> None:
+    """A compressed body that does not decompress: 400, not aiohttp's 500."""
+    status, _ = await daemon.post_event(body, {"Content-Encoding": encoding})
+    assert status == 400
+
+
+async def test_compressed_notifications_are_read(daemon: RunningDaemon) -> None:
+    """A gzip body is decompressed and accepted; one that inflates past 1 MiB is 413."""
+    status, text = await daemon.post_event(
+        gzip.compress(json.dumps(trying(state="finished")).encode()), {"Content-Encoding": "gzip"}
+    )
+    assert (status, text) == (200, "ok")
+    bomb = gzip.compress(json.dumps(trying(padding="x" * 3 * MIB)).encode())
+    assert len(bomb) < 64 * 1024
+    status, text = await daemon.post_event(bomb, {"Content-Encoding": "gzip"})
+    assert (status, text) == (413, "body over 1 MiB\n")
 
 
 async def test_oddly_typed_fields_are_accepted_not_500(daemon: RunningDaemon) -> None:
