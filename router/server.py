@@ -129,5 +129,8 @@ def create_app(
     app[NOTIFICATIONS] = _NotificationCounter(app[METRICS].notifications)
     app.cleanup_ctx.append(services_ctx)
     app.router.add_get(config.mtt.callback_path, oauth_callback)
+    if config.mtt.callback_path != "/":
+        # A redirect_uri of "https://host/mtt/" brings the browser back to /mtt/?code=...
+        app.router.add_get(config.mtt.callback_path + "/", oauth_callback)
     app.router.add_post(config.mtt.events_path, events)
     return app
