@@ -352,3 +352,17 @@ async def test_oauth_start_gives_a_fresh_state_each_time(start_daemon: StartDaem
     status, _ = await _callback(daemon, location)
     assert status == 200
     assert daemon.tokens_path.exists()
+
+
+@pytest.mark.parametrize("redirect_path", ["/mtt/", "/", ""], ids=["slash", "root", "bare-host"])
+async def test_oauth_flow_with_any_redirect_uri_path(
+    start_daemon: StartDaemon, redirect_path: str
+) -> None:
+    """The callback is served where MTT sends the browser, whatever the redirect URI's path."""
+    daemon = await start_daemon(authorised=False, wait_ready=False, redirect_path=redirect_path)
+    async with daemon.http.get(daemon.admin_url + "/oauth/start") as resp:
+        assert (resp.status, "Authorised" in await resp.text()) == (200, True)
+    assert daemon.tokens_path.exists()
+    events = "/events" if redirect_path in ("/", "") else "/mtt/events"
+    assert daemon.events_url == daemon.public_url + events
+    assert await daemon.post_event(trying(state="finished")) == (200, "ok")
