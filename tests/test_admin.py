@@ -13,10 +13,12 @@ from tests.fixtures.daemon import (
     INVALID_RULES,
     IVANOV_CLIENT,
     NUMBER,
+    RULES,
     RunningDaemon,
     StartDaemon,
     daemon_sim_config,
     outcome_of,
+    replace_file,
     until,
 )
 
@@ -60,7 +62,7 @@ async def test_readyz_without_token_is_503_naming_it(start_daemon: StartDaemon) 
 async def test_readyz_with_invalid_rules_at_start_is_503_naming_the_problem(
     start_daemon: StartDaemon,
 ) -> None:
-    """Rules invalid at start: 503 naming the rules and the offending line; token fine."""
+    """Rules invalid at start: 503 naming the rules and the offending line, until fixed."""
     daemon = await start_daemon(rules=INVALID_RULES, wait_ready=False)
     code, body = await daemon.admin("/readyz")
     assert code == 503
@@ -73,6 +75,14 @@ async def test_readyz_with_invalid_rules_at_start_is_503_naming_the_problem(
     assert status["rules"]["loaded"] is False
     assert status["rules"]["last_error"] is not None
     assert daemon.sample("mtt_router_rules_reloads_total", result="error") == 1
+    # Fixed on disk: the watcher loads it and the daemon becomes ready.
+    replace_file(daemon.rules_path, RULES)
+
+    async def ready() -> bool:
+        return (await daemon.admin("/readyz"))[0] == 200
+
+    await until(ready, "ready once the rules file is fixed")
+    assert (await daemon.status())["rules"]["version"] == 1
 
 
 async def test_readyz_with_missing_rules_file_is_503(start_daemon: StartDaemon) -> None:

@@ -211,6 +211,21 @@ async def test_number_not_ours_is_not_routed_until_numbers_changed(
     assert routed_to(call) == IVANOV_WP
 
 
+async def test_new_number_is_parked_with_park_all(start_daemon: StartDaemon) -> None:
+    """routing.park: all: a number that numbersChanged brings is parked too, then routed."""
+    daemon = await start_daemon(park="all")
+    sim = daemon.sim
+    await until(lambda: len(sim.requests_to("setParkingNumbers")) == 1, "parking at start-up")
+    await sim.set_numbers([*DOC_NUMBERS, NEW_NUMBER])  # sends numbersChanged
+    await until(lambda: len(sim.requests_to("setParkingNumbers")) == 2, "the new number parked")
+    assert sim.requests_to("setParkingNumbers")[1].body == {
+        "params": {"numbers": [NEW_NUMBER], "isParking": True}
+    }
+    call = await sim.place_call(PREFIX_CALLER, NEW_NUMBER)
+    assert await outcome_of(call) == "transferred"
+    assert routed_to(call) == PETROVA_WP
+
+
 async def test_workplaces_changed_refreshes_workplaces(daemon: RunningDaemon) -> None:
     """workplacesChanged: a manager whose workplace MTT no longer lists is skipped."""
     sim = daemon.sim
