@@ -53,7 +53,6 @@ class DemoResult:
     """What the demo measured."""
 
     by_kind: dict[str, Tally]
-    log_path: str
 
     @property
     def total(self) -> Tally:
@@ -66,7 +65,7 @@ class DemoResult:
 
     def to_json(self) -> dict[str, Any]:
         rows = {kind: _row(t) for kind, t in self.by_kind.items()}
-        return {"kinds": rows, "total": _row(self.total), "log": self.log_path}
+        return {"kinds": rows, "total": _row(self.total)}
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -151,36 +150,29 @@ def _free_port() -> int:
 async def run_demo(
     calls: int = 40, rate: float = 10.0, out: TextIO | None = None, seed: int = 7
 ) -> DemoResult:
-    """Run the whole demo; print progress to ``out`` (None: silent)."""
+    """Run the whole demo; print progress to ``out`` (None: silent). Logging is the caller's."""
     rng = random.Random(seed)
     rules = load_rules(example_rules_text(), EXAMPLE_RULES)
     pools = _callers(rules, rng)
     with tempfile.TemporaryDirectory(prefix="mtt-router-demo-") as tmp:
         workdir = Path(tmp)
         (workdir / EXAMPLE_RULES).write_text(example_rules_text(), encoding="utf-8")
-        log_path = Path(tempfile.gettempdir()) / "mtt-router-demo.log"
-        with log_path.open("w", encoding="utf-8") as log_file:
-            configure_logging("json", "info", stream=log_file)
-            sim_config = SimConfig(answer_after_ms=80.0, talk_ms=400.0, record_delay_ms=20.0)
-            async with serve_simulator(sim_config) as sim:
-                public, admin = _free_port(), _free_port()
-                config = _config(workdir, sim.url, public, admin)
-                stop, ready = asyncio.Event(), asyncio.Event()
-                daemon = asyncio.create_task(
-                    serve(
-                        config, stop=stop, on_ready=lambda _: ready.set(), clock=lambda: DEMO_TIME
-                    )
-                )
-                try:
-                    await asyncio.wait_for(ready.wait(), 10)
-                    sim.webhook_url = f"http://127.0.0.1:{public}/mtt/events"
-                    await _login(admin)
-                    result = await _place_calls(sim, rules, pools, calls, rate, rng, out)
-                finally:
-                    stop.set()
-                    await daemon
-    result.log_path = str(log_path)
-    return result
+        sim_config = SimConfig(answer_after_ms=80.0, talk_ms=400.0, record_delay_ms=20.0)
+        async with serve_simulator(sim_config) as sim:
+            public, admin = _free_port(), _free_port()
+            config = _config(workdir, sim.url, public, admin)
+            stop, ready = asyncio.Event(), asyncio.Event()
+            daemon = asyncio.create_task(
+                serve(config, stop=stop, on_ready=lambda _: ready.set(), clock=lambda: DEMO_TIME)
+            )
+            try:
+                await asyncio.wait_for(ready.wait(), 10)
+                sim.webhook_url = f"http://127.0.0.1:{public}/mtt/events"
+                await _login(admin)
+                return await _place_calls(sim, rules, pools, calls, rate, rng, out)
+            finally:
+                stop.set()
+                await daemon
 
 
 async def _login(admin_port: int) -> None:
@@ -229,7 +221,7 @@ async def _place_calls(
         await asyncio.sleep(1 / rate)
     await asyncio.gather(*tasks)
     progress.done()
-    return DemoResult(by_kind=by_kind, log_path="")
+    return DemoResult(by_kind=by_kind)
 
 
 class _Progress:
@@ -243,7 +235,7 @@ class _Progress:
         self.seen += 1
         if self.out is None or (not self.tty and self.seen % 10 and self.seen != self.calls):
             return
-        total = DemoResult(by_kind, "").total
+        total = DemoResult(by_kind).total
         p50 = _percentile(total.latencies_ms, 50)
         line = (
             f"[{self.seen:>3}/{self.calls}] personal {total.outcomes['personal']}  "
@@ -291,7 +283,13 @@ def main(calls: int, rate: float, as_json: bool, write: Callable[[str], Any] = p
             f"mtt-router demo: simulator + daemon on loopback, {calls} calls at {rate:g}/s, "
             f"clock pinned to {DEMO_TIME:%A %Y-%m-%d %H:%M} Moscow time"
         )
-    result = asyncio.run(run_demo(calls, rate, out))
+    log_path = Path(tempfile.gettempdir()) / "mtt-router-demo.log"
+    with log_path.open("w", encoding="utf-8") as log_file:
+        configure_logging("json", "info", stream=log_file)
+        try:
+            result = asyncio.run(run_demo(calls, rate, out))
+        finally:
+            configure_logging("json", "warning")
     if as_json:
         import json
 
@@ -303,5 +301,5 @@ def main(calls: int, rate: float, as_json: bool, write: Callable[[str], Any] = p
         write("personal: transferred to the caller's own manager (client list or prefix);")
         write("fallback: to the duty manager; to PBX: released with terminateCall;")
         write("missed: no command inside MTT's 5 s parking window.")
-        write(f"Daemon log (one JSON line per decision, with reasons): {result.log_path}")
+        write(f"Daemon log (one JSON line per decision, with reasons): {log_path}")
     return 0 if result.total.outcomes["missed"] == 0 else 1

@@ -35,5 +35,7 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: Any = None
             logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=True,
+        # Not cached: module-level loggers must follow a later configure_logging() (tests, the
+        # demo's log file). Costs a few microseconds per line; we log one line per decision.
+        cache_logger_on_first_use=False,
     )
