@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 from urllib.parse import quote
 
-import aiohttp
-
 from router.simulator.config import SimConfig
 from router.simulator.faults import Faults
 from router.simulator.pbx import Pbx
@@ -27,7 +25,7 @@ from router.simulator.records import (
     Refusal,
     SimCall,
 )
-from router.simulator.webhook import WebhookSender
+from router.simulator.webhook import WebhookSender, encode
 from router.simulator.wire import (
     CallInfoWire,
     IdMaker,
@@ -71,8 +69,10 @@ class CallEngine:
         self.unknown_commands = 0
         self._sender = sender
         self._live: set[SimCall] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._waits: set[asyncio.Future[None]] = set()
         self._closing = False
+        self._generation = 0
+        """Bumped by :meth:`shutdown`: answers to POSTs sent before it no longer move calls."""
 
     # -- placing calls --------------------------------------------------------------------
 
@@ -338,41 +338,53 @@ class CallEngine:
     ) -> NotificationRecord:
         """Record and POST one notification (``copies`` times at once); then run ``then``."""
         payload = call_notification(info)
-        loop = asyncio.get_running_loop()
-        if info["state"] in self.config.skip_states:
-            record = NotificationRecord(info["state"], time.monotonic(), time.time(), payload)
+        state = info["state"]
+        if state in self.config.skip_states:
+            record = NotificationRecord(state, time.monotonic(), time.time(), payload)
             record.error = "skipped"
             call.notifications.append(record)
             if then is not None:
-                loop.call_soon(self._continue, then)
+                asyncio.get_running_loop().call_soon(self._continue, then, self._generation)
             return record
-        records = [
-            NotificationRecord(info["state"], time.monotonic(), time.time(), payload)
-            for _ in range(copies)
-        ]
-        for record in records:
+        body = encode(payload)
+        first: NotificationRecord | None = None
+        for _ in range(copies):
+            record = NotificationRecord(state, time.monotonic(), time.time(), payload)
             call.notifications.append(record)
-            task = loop.create_task(self._deliver(record, then))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._deliver(record, body, then)
+            first = first or record
             then = None
-        return records[0]
+        assert first is not None
+        return first
 
-    def _continue(self, then: Callable[[], None]) -> None:
-        if not self._closing:
+    def _continue(self, then: Callable[[], None], generation: int) -> None:
+        if not self._closing and generation == self._generation:
             then()
 
-    async def _deliver(self, record: NotificationRecord, then: Callable[[], None] | None) -> None:
+    def _deliver(
+        self, record: NotificationRecord, body: bytes, then: Callable[[], None] | None
+    ) -> None:
+        """POST ``body``; record the answer, then run ``then`` (a callback: no task per POST)."""
         url = self.webhook_url
         if url is None:
             record.error = "no webhook URL set"
-        else:
-            try:
-                record.status = await self._sender.post(url, record.payload)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            if then is not None:
+                asyncio.get_running_loop().call_soon(self._continue, then, self._generation)
+            return
+        generation = self._generation
+
+        def answered(status: int | None, exc: BaseException | None) -> None:
+            if exc is not None:
                 record.error = f"{type(exc).__name__}: {exc}"
-        if then is not None and not self._closing:
-            then()
+            else:
+                record.status = status
+            if then is not None:
+                self._continue(then, generation)
+
+        try:
+            self._sender.send(url, body, answered)
+        except ValueError as exc:  # a URL the sender cannot use
+            asyncio.get_running_loop().call_soon(answered, None, exc)
 
     async def notify_vpbx(self, event_type: str) -> NotificationRecord:
         """Send ``vpbxNotifications`` with ``eventType`` and wait until it was delivered."""
@@ -380,7 +392,18 @@ class CallEngine:
             event_type, time.monotonic(), time.time(), vpbx_notification(event_type)
         )
         self.vpbx_sent.append(record)
-        await self._deliver(record, None)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def then() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self._deliver(record, encode(record.payload), then)
+        self._waits.add(done)
+        try:
+            await done
+        finally:
+            self._waits.discard(done)
         return record
 
     def live_calls(self) -> int:
@@ -396,10 +419,10 @@ class CallEngine:
             call.trying_done.set()
             call.outcome_known.set()
             call.finished.set()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel("simulator shutting down")
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._generation += 1
+        for wait in list(self._waits):
+            if not wait.done():
+                wait.set_result(None)
         self._live.clear()
 
     async def reset(self) -> None:
