@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
+from router import runtime
 from router.commands._common import add_config_arg, load_config_or_exit
 from router.daemon import serve
 from router.logs import configure_logging
@@ -26,4 +26,4 @@ def _run(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     configure_logging(config.log.format, config.log.level)
-    return asyncio.run(serve(config))
+    return runtime.run(serve(config))
