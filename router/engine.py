@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -118,6 +119,8 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._routed: dict[str, str] = {}
+        self._presence_ops: deque[tuple[bool, str, str]] = deque()
+        self._presence_worker = False
         # Bound label children: .labels() costs a dict lookup and a lock per call otherwise.
         self._outcomes = {o: metrics.decisions.labels(o.value) for o in Outcome}
         self.recent: list[DecisionRecord] = []
@@ -128,8 +131,11 @@ class Engine:
         """Act on a parsed notification; never raises, never blocks (work goes to tasks)."""
         if isinstance(event, CallEvent):
             if event.state is CallState.TRYING:
-                if self._is_parked(event):
-                    self._spawn(self._route(event, received_at))
+                if callmodel.is_parked_trying(event, self._directory.numbers):
+                    # Read once: the property builds a set, and the decision needs it too.
+                    workplaces = self._directory.workplace_ids
+                    if not self._to_workplace(event, workplaces):
+                        self._spawn(self._route(event, received_at, workplaces))
                 return
             self._track_presence(event)
         elif isinstance(event, VpbxEvent):
@@ -138,30 +144,51 @@ class Engine:
             elif event.type is VpbxEventType.WORKPLACES_CHANGED:
                 self._directory.request_refresh("workplaces")
 
-    def _is_parked(self, event: CallEvent) -> bool:
-        if not callmodel.is_parked_trying(event, self._directory.numbers):
-            return False
+    @staticmethod
+    def _to_workplace(event: CallEvent, workplaces: frozenset[str] | None) -> bool:
         # A leg towards one of our workplaces is the PBX delivering a call, never a parked one.
-        workplaces = self._directory.workplace_ids
         callee = event.callee.account_id or event.callee.id
-        return not (workplaces is not None and callee in workplaces)
+        return workplaces is not None and callee in workplaces
 
     def _track_presence(self, event: CallEvent) -> None:
         busy = callmodel.busy_workplace(event)
         if busy is not None:
-            self._spawn(self._presence.set_busy(busy, event.call.id, BUSY_TTL_S))
+            self._queue_presence(True, busy, event.call.id)
             return
         free = callmodel.freed_workplace(event)
         if free is not None:
-            self._spawn(self._presence.set_free(free, event.call.id))
+            self._queue_presence(False, free, event.call.id)
         if event.state is CallState.FINISHED:
             self._routed.pop(event.call.id, None)
+
+    def _queue_presence(self, busy: bool, workplace: str, call_id: str) -> None:
+        # One worker applies presence changes in arrival order (connected before finished, even
+        # with Redis), and a burst of notifications costs one task instead of one each.
+        self._presence_ops.append((busy, workplace, call_id))
+        if not self._presence_worker:
+            self._presence_worker = True
+            self._spawn(self._apply_presence())
+
+    async def _apply_presence(self) -> None:
+        try:
+            while self._presence_ops:
+                busy, workplace, call_id = self._presence_ops.popleft()
+                try:
+                    if busy:
+                        await self._presence.set_busy(workplace, call_id, BUSY_TTL_S)
+                    else:
+                        await self._presence.set_free(workplace, call_id)
+                except Exception as exc:  # one lost update must not stall the ones behind it
+                    log.error("presence_update_failed", workplace=workplace, error=repr(exc))
+        finally:
+            self._presence_worker = False
 
     # -- task ownership -----------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         if not self._accepting:
             coro.close()
+            self._presence_worker = False
             return
         task = asyncio.get_running_loop().create_task(coro)
         # Keep a hard reference: the loop holds only a weak one and would let it vanish mid-call.
@@ -196,7 +223,9 @@ class Engine:
 
     # -- the decision -------------------------------------------------------------------------
 
-    async def _route(self, event: CallEvent, received_at: float) -> None:
+    async def _route(
+        self, event: CallEvent, received_at: float, workplaces: frozenset[str] | None
+    ) -> None:
         loop = asyncio.get_running_loop()
         deadline = received_at + self._budget_s
         record = DecisionRecord(
@@ -208,7 +237,7 @@ class Engine:
                 record.outcome = Outcome.DUPLICATE
                 record.reasons.append("call id already claimed: decided once already")
             else:
-                await self._decide_and_act(event, record, deadline)
+                await self._decide_and_act(event, record, deadline, workplaces)
         except Exception as exc:  # a bug must cost one call, not the daemon
             record.outcome = Outcome.ERROR
             record.error = repr(exc)
@@ -225,7 +254,11 @@ class Engine:
             return call_id not in self._routed
 
     async def _decide_and_act(
-        self, event: CallEvent, record: DecisionRecord, deadline: float
+        self,
+        event: CallEvent,
+        record: DecisionRecord,
+        deadline: float,
+        workplaces: frozenset[str] | None,
     ) -> None:
         loaded = self._rules.current
         if loaded is None:
@@ -238,7 +271,7 @@ class Engine:
             loaded.rules,
             now=self._now(),
             busy=self._presence.busy(),
-            known_workplaces=self._directory.workplace_ids,
+            known_workplaces=workplaces,
             client_manager=override,
         )
         record.reasons.extend(decision.reasons)

@@ -6,7 +6,14 @@ import logging
 import sys
 from typing import Any
 
+import orjson
 import structlog
+
+
+def _dumps(event: Any, **_: Any) -> str:
+    # orjson: a few times cheaper than json.dumps for the one line per decision; objects it
+    # cannot encode are logged by their repr(), as structlog's own fallback does.
+    return orjson.dumps(event, default=repr).decode()
 
 
 def configure_logging(fmt: str = "json", level: str = "info", stream: Any = None) -> None:
@@ -22,7 +29,7 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: Any = None
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     else:
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

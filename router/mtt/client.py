@@ -15,11 +15,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
+import orjson
 import structlog
 from yarl import URL
 
@@ -104,7 +104,7 @@ def make_session(
 
 
 def _body(params: dict[str, Any]) -> bytes:
-    return json.dumps({"params": params}, ensure_ascii=False, separators=(",", ":")).encode()
+    return orjson.dumps({"params": params})
 
 
 class MttClient:
@@ -128,6 +128,10 @@ class MttClient:
         self._workplaces_path = WORKPLACES
         # Resolved once: the hot path should not look labels up on every request.
         self._seconds = {m: metrics.api_request_seconds.labels(m) for m in METHODS}
+        self._counts: dict[tuple[str, str], Any] = {}
+        # Rebuilt only when the token changes (every ~2 h), not per request.
+        self._headers: dict[bool, dict[str, str]] = {}
+        self._headers_token = ""
 
     def __repr__(self) -> str:
         return f"MttClient(api_url={self._base!r})"
@@ -256,9 +260,14 @@ class MttClient:
         loop = asyncio.get_running_loop()
         started = loop.time()
         code = "timeout"
-        headers = {"Authorization": "Bearer " + token}
-        if body is not None:
-            headers["Content-Type"] = _JSON
+        if token != self._headers_token:
+            auth = "Bearer " + token
+            self._headers = {
+                False: {"Authorization": auth},
+                True: {"Authorization": auth, "Content-Type": _JSON},
+            }
+            self._headers_token = token
+        headers = self._headers[body is not None]
         url = self._urls[self._workplaces_path if method == WORKPLACES else method]
         try:
             async with (
@@ -276,7 +285,12 @@ class MttClient:
             code = "connection"
             raise connection_error(exc, method) from exc
         finally:
-            self._metrics.api_requests.labels(method, code).inc()
+            counter = self._counts.get((method, code))
+            if counter is None:
+                counter = self._counts[method, code] = self._metrics.api_requests.labels(
+                    method, code
+                )
+            counter.inc()
             self._seconds[method].observe(loop.time() - started)
 
 
