@@ -148,30 +148,41 @@ def _opt_str(value: Any) -> str | None:
     return None
 
 
+def _str(data: dict[str, Any], key: str) -> str | None:
+    # The hot path: nearly every field on the wire is a string or absent.
+    value = data.get(key)
+    return value if type(value) is str else _opt_str(value)
+
+
 def _party(value: Any, where: str) -> Party:
     if value is None:
         return Party()
     if not isinstance(value, dict):
         raise EventShapeError(f"{where} must be an object")
-    forwarders = value.get("forwarderList") or []
-    if not isinstance(forwarders, list):
-        raise EventShapeError(f"{where}.forwarderList must be a list")
+    forwarders = value.get("forwarderList") or ()
+    if forwarders:
+        if not isinstance(forwarders, list):
+            raise EventShapeError(f"{where}.forwarderList must be a list")
+        forwarders = tuple(str(f) for f in forwarders if f is not None)
     return Party(
-        id=_opt_str(value.get("id")),
-        account_id=_opt_str(value.get("accountId")),
-        centrex_id=_opt_str(value.get("centrexId")),
-        display_id=_opt_str(value.get("displayId")),
-        display_name=_opt_str(value.get("displayName")),
-        forwarders=tuple(str(f) for f in forwarders if f is not None),
+        _str(value, "id"),
+        _str(value, "accountId"),
+        _str(value, "centrexId"),
+        _str(value, "displayId"),
+        _str(value, "displayName"),
+        forwarders,
     )
 
 
-def _enum(cls: type[CallState] | type[CallType], raw: Any) -> Any:
-    text = raw.lower() if isinstance(raw, str) else ""
-    try:
-        return cls(text)
-    except ValueError:
-        return cls.UNKNOWN
+_STATES = {s.value: s for s in CallState}
+_TYPES = {t.value: t for t in CallType}
+
+
+def _enum(table: dict[str, Any], unknown: Any, raw: Any) -> Any:
+    if type(raw) is not str:
+        return unknown
+    found = table.get(raw)
+    return found if found is not None else table.get(raw.lower(), unknown)
 
 
 def parse_call_info(info: Any) -> CallEvent:
@@ -179,25 +190,28 @@ def parse_call_info(info: Any) -> CallEvent:
     if not isinstance(info, dict):
         raise EventShapeError("result.callInfo must be an object")
     call = info.get("call")
-    if not isinstance(call, dict) or not _opt_str(call.get("id")):
+    if not isinstance(call, dict):
+        raise EventShapeError("result.callInfo.call.id is missing")
+    call_id = _str(call, "id")
+    if not call_id:
         raise EventShapeError("result.callInfo.call.id is missing")
     raw_state = info.get("state")
     if not isinstance(raw_state, str) or not raw_state:
         raise EventShapeError("result.callInfo.state is missing")
     duration = info.get("duration")
     return CallEvent(
-        call=CallRef(id=str(_opt_str(call.get("id"))), tag=_opt_str(call.get("tag"))),
-        state=_enum(CallState, raw_state),
-        type=_enum(CallType, info.get("type")),
+        call=CallRef(call_id, _str(call, "tag")),
+        state=_enum(_STATES, CallState.UNKNOWN, raw_state),
+        type=_enum(_TYPES, CallType.UNKNOWN, info.get("type")),
         caller=_party(info.get("caller"), "callInfo.caller"),
         callee=_party(info.get("callee"), "callInfo.callee"),
-        transport_id=_opt_str(info.get("transportId")),
-        start_time=_opt_str(info.get("startTime")),
+        transport_id=_str(info, "transportId"),
+        start_time=_str(info, "startTime"),
         duration_s=int(duration) if isinstance(duration, int | float) else None,
-        reason=_opt_str(info.get("reason")),
-        reason_code=_opt_str(info.get("reasonCode")),
-        url_record=_opt_str(info.get("urlRecord")),
-        account_id=_opt_str(info.get("accountId")),
+        reason=_str(info, "reason"),
+        reason_code=_str(info, "reasonCode"),
+        url_record=_str(info, "urlRecord"),
+        account_id=_str(info, "accountId"),
         raw_state=raw_state,
     )
 
