@@ -73,7 +73,7 @@ async def test_decision_order_client_prefix_fallback(daemon: RunningDaemon) -> N
         assert (caller, await finished(call)) == (caller, "transferred")
         assert (caller, routed_to(call), call.refused) == (caller, workplace, [])
         assert call.decision_latency_s is not None
-        assert call.decision_latency_s < 0.7  # inside the decision budget
+        assert call.decision_latency_s < 1.0  # inside MTT's parking window
     await daemon.wait_decisions(4)
     assert daemon.decisions("transferred") == 4
     assert daemon.sample("mtt_router_decision_seconds_count") == 4
@@ -132,7 +132,7 @@ async def test_schedules_follow_the_daemon_clock(start_daemon: StartDaemon) -> N
 
 async def test_manager_on_a_call_is_skipped(daemon: RunningDaemon) -> None:
     """While the manager is connected (not finished) the next call goes to the fallback."""
-    first = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER, talk_ms=800)
+    first = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER, talk_ms=1500)
     assert await outcome_of(first) == "transferred"
     await until(lambda: "connected" in first.states, "the manager answered")
 
