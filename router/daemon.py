@@ -59,6 +59,7 @@ async def serve(
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    installed: list[signal.Signals] = []
     await public_runner.setup()
     try:
         await admin_runner.setup()
@@ -68,7 +69,6 @@ async def serve(
         await web.TCPSite(
             admin_runner, config.server.admin_listen.host, config.server.admin_listen.port
         ).start()
-        installed = []
         for sig, handler in (
             (signal.SIGTERM, stop.set),
             (signal.SIGINT, stop.set),
@@ -88,14 +88,16 @@ async def serve(
             on_ready(info)
         await stop.wait()
         log.info("stopping", inflight=public[SERVICES].engine.inflight)
-        for sig in installed:
-            loop.remove_signal_handler(sig)
     finally:
         # Admin first (nothing depends on it), then the public app, whose cleanup context
-        # drains in-flight decisions before closing the session and stores they use.
+        # drains in-flight decisions before closing the session and stores they use. The
+        # signal handlers stay until then: a second SIGTERM or a SIGHUP while draining must not
+        # fall through to the default action and kill the process mid-transfer.
         await admin_runner.cleanup()
         await public_runner.cleanup()
         for task in reloads:
             task.cancel("shutdown")
+        for sig in installed:
+            loop.remove_signal_handler(sig)
     log.info("stopped")
     return 0

@@ -57,6 +57,8 @@ async def open_stores(config: Config, metrics: Metrics | None = None) -> Stores:
             closers=[redis.aclose],
             redis=redis,
         )
+    if metrics is not None:
+        metrics.storage_up.set(1)  # memory always answers; 0 would page someone for nothing
     return Stores(
         tokens=FileTokenStore(config.tokens_file),
         states=MemoryOAuthStates(),
