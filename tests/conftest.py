@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.net",
     "tests.fixtures.sim",
     "tests.fixtures.daemon",
+    "tests.fixtures.replicas",
 ]
 
 
