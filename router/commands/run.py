@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from router import runtime
 from router.commands._common import add_config_arg, load_config_or_exit
@@ -26,4 +27,13 @@ def _run(args: argparse.Namespace) -> int:
     if isinstance(config, int):
         return config
     configure_logging(config.log.format, config.log.level)
-    return runtime.run(serve(config))
+    try:
+        return runtime.run(serve(config))
+    except OSError as exc:
+        # Binding a listener failed (port taken, address not local): one line, no traceback.
+        print(
+            f"cannot listen on {config.server.listen} / {config.server.admin_listen}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
