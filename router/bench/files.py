@@ -1,0 +1,126 @@
+"""The files a benchmarked daemon runs on: rules, config and a pre-seeded tokens file.
+
+Managers are always available (no schedule), one per generated workplace; callers are spread
+over them round-robin, so every call has a personal manager and, with enough workplaces, a free
+one. The config points both MTT URLs at the bench's simulator and keeps everything on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.mtt.tokens import TokenResponse, TokenSet
+from router.simulator.config import DOC_CLIENT_ID, DOC_CLIENT_SECRET
+
+CALLER_BASE = 79_210_000_000
+"""Callers are ``+7 921 ...`` numbers counted up from here (E.164 digits)."""
+
+
+def callers(count: int) -> list[str]:
+    """``count`` distinct caller numbers, as MTT sends them (E.164 digits, no ``+``)."""
+    return [str(CALLER_BASE + i) for i in range(count)]
+
+
+def manager_id(index: int) -> str:
+    """The id of the bench's manager number ``index``."""
+    return f"m{index:05d}"
+
+
+def rules_yaml(workplaces: list[str] | tuple[str, ...], caller_numbers: list[str]) -> str:
+    """Rules format 1: one always-available manager per workplace, callers round-robin."""
+    lines = ["version: 1", 'timezone: "Europe/Moscow"', "managers:"]
+    for i, workplace in enumerate(workplaces):
+        lines += [f"  {manager_id(i)}:", f'    workplace: "{workplace}"']
+    lines.append("clients:")
+    for i, number in enumerate(caller_numbers):
+        lines.append(f'  "{number}": {manager_id(i % len(workplaces))}')
+    lines += ["fallback:", "  managers: []", "  otherwise: pbx", ""]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class DaemonFiles:
+    """Where the files are and the addresses the daemon will listen on."""
+
+    config: Path
+    rules: Path
+    tokens: Path
+    log: Path
+    public: str
+    """``host:port`` of the public listener."""
+    admin: str
+    """``host:port`` of the admin listener."""
+    callback_path: str = "/mtt"
+
+    @property
+    def events_url(self) -> str:
+        """Where the simulator POSTs notifications."""
+        return f"http://{self.public}{self.callback_path}/events"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener's base URL."""
+        return f"http://{self.admin}"
+
+
+def config_yaml(files: DaemonFiles, sim_url: str, log_level: str) -> str:
+    """The daemon's config: simulator as MTT, memory storage, JSON logs at ``log_level``."""
+    return "\n".join(
+        [
+            "mtt:",
+            f'  client_id: "{DOC_CLIENT_ID}"',
+            f'  client_secret: "{DOC_CLIENT_SECRET}"',
+            f'  redirect_uri: "http://{files.public}{files.callback_path}"',
+            f'  oauth_url: "{sim_url}"',
+            f'  api_url: "{sim_url}"',
+            "server:",
+            f'  listen: "{files.public}"',
+            f'  admin_listen: "{files.admin}"',
+            'storage: "memory"',
+            f'tokens_file: "{files.tokens}"',
+            "rules:",
+            '  source: "file"',
+            f'  path: "{files.rules}"',
+            "routing:",
+            "  decision_budget_ms: 3500",
+            "  park: []",
+            "log:",
+            '  format: "json"',
+            f'  level: "{log_level}"',
+            "",
+        ]
+    )
+
+
+def write_daemon_files(
+    directory: Path,
+    *,
+    sim_url: str,
+    public: str,
+    admin: str,
+    workplaces: tuple[str, ...],
+    caller_numbers: list[str],
+    tokens: TokenResponse | None,
+    log_level: str,
+) -> DaemonFiles:
+    """Write rules, config and (when given) a tokens file into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = DaemonFiles(
+        config=directory / "config.yaml",
+        rules=directory / "rules.yaml",
+        tokens=directory / "tokens.json",
+        log=directory / "daemon.log",
+        public=public,
+        admin=admin,
+    )
+    files.rules.write_text(rules_yaml(workplaces, caller_numbers), encoding="utf-8")
+    files.config.write_text(config_yaml(files, sim_url, log_level), encoding="utf-8")
+    if tokens is not None:
+        data = json.dumps(TokenSet.from_response(tokens, version=1).to_json()).encode()
+        fd = os.open(files.tokens, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+    return files

@@ -1,0 +1,152 @@
+"""``mtt-router bench``: a real daemon process under simulated load, measured as MTT sees it.
+
+Correctness only (every call routed, the report's shape): timings depend on the machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from router import runtime
+from router.bench import callers, rules_yaml
+from router.bench.load import RunResult, percentile
+from router.bench.report import medians, table
+from router.cli import main
+from router.rules.loader import load_rules
+from router.simulator import generated_workplaces
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUN_KEYS = {
+    "rate",
+    "achieved_rate",
+    "sent",
+    "routed",
+    "transferred",
+    "terminated",
+    "missed",
+    "lifecycle_complete",
+    "webhook_errors",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "max_ms",
+    "daemon_cpu_s",
+    "daemon_cpu_ms_per_call",
+    "daemon_rss_mb",
+    "sim_cpu_ms_per_call",
+    "generator_lag_ms_max",
+    "window_s",
+    "load1",
+}
+
+
+@pytest.mark.timeout(30)
+def test_bench_routes_every_call_and_reports_json(tmp_path: Path) -> None:
+    """50 calls/s for 2 s against a daemon subprocess: all routed, full lifecycle, JSON report."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "router",
+            "bench",
+            "--rate",
+            "50",
+            "--duration",
+            "2",
+            "--repeat",
+            "2",
+            "--warmup",
+            "0.2",
+            "--workplaces",
+            "20",
+            "--callers",
+            "100",
+            "--workdir",
+            str(tmp_path),
+            "--json",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        capture_output=True,
+        text=True,
+        timeout=28,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report) == {"settings", "daemon", "runs", "median"}
+    assert report["daemon"]["mode"] == "subprocess"
+    assert len(report["runs"]) == 2
+    for run in [*report["runs"], report["median"]]:
+        assert set(run) == RUN_KEYS
+        assert run["sent"] == 100
+        assert run["routed"] == run["sent"]
+        assert run["missed"] == 0
+        assert run["transferred"] + run["terminated"] == run["routed"]
+        assert run["lifecycle_complete"] == run["sent"]
+        assert run["webhook_errors"] == 0
+        assert 0 < run["p50_ms"] <= run["p90_ms"] <= run["p99_ms"] <= run["max_ms"]
+        assert run["daemon_cpu_s"] is not None
+        assert run["daemon_rss_mb"] > 0
+    # The daemon it started logged one decision line per call (info level, as in production).
+    decisions = [
+        line for line in (tmp_path / "daemon.log").read_text().splitlines() if '"decision"' in line
+    ]
+    assert len(decisions) >= 200
+
+
+def test_bench_refuses_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    """Bad numbers and a daemon URL without its admin URL: exit 2 with a reason."""
+    assert main(["bench", "--rate", "0"]) == 2
+    assert "--rate" in capsys.readouterr().err
+    assert main(["bench", "--daemon-url", "http://127.0.0.1:1/mtt/events"]) == 2
+    assert "--admin-url" in capsys.readouterr().err
+
+
+def test_generated_rules_are_valid_and_spread_callers() -> None:
+    """One always-available manager per workplace; callers round-robin over them."""
+    workplaces = generated_workplaces(3)
+    numbers = callers(7)
+    rules = load_rules(rules_yaml(workplaces, numbers), "bench.yaml")
+    assert [m.workplace for m in rules.managers.values()] == list(workplaces)
+    assert all(m.schedule is None for m in rules.managers.values())
+    assert rules.clients[numbers[4]] == "m00001"
+
+
+def test_percentiles_medians_and_table() -> None:
+    """Nearest-rank percentiles; medians per field skipping missing values; a table per row."""
+    values = [float(v) for v in range(1, 101)]
+    assert (percentile(values, 50), percentile(values, 99), percentile([], 50)) == (50, 99, None)
+    assert percentile([3.0], 99) == 3.0
+    text = table([("#1", {"rate": 10.0, "p99_ms": None, "sent": 5})])
+    assert text.splitlines()[1].split()[:3] == ["#1", "10", "-"]
+    base = dict.fromkeys(RUN_KEYS, 1.0)
+    runs = [
+        RunResult(**{**base, "p99_ms": p99, "daemon_rss_mb": rss})
+        for p99, rss in ((3.0, None), (30.0, 50.0), (4.0, 70.0))
+    ]
+    summary = medians(runs)
+    assert (summary["p99_ms"], summary["daemon_rss_mb"], summary["sent"]) == (4.0, 60.0, 1.0)
+
+
+def test_loop_choice_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MTT_ROUTER_LOOP=asyncio forces the standard loop; auto takes uvloop when installed."""
+    monkeypatch.setenv(runtime.LOOP_ENV, "asyncio")
+    assert runtime.loop_name() == "asyncio"
+    assert runtime.run(_answer()) == 42
+    monkeypatch.setenv(runtime.LOOP_ENV, "auto")
+    expected = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    assert runtime.loop_name() == expected
+    assert runtime.run(_answer()) == 42
+
+
+async def _answer() -> int:
+    return 42
