@@ -8,11 +8,11 @@ JSON-RPC style that ``{"params"}``/``{"result"}`` suggest.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from router.simulator.calls import CommandRefused
@@ -53,8 +53,8 @@ async def _body_for_log(request: web.Request) -> Any:
         return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
     raw = await request.read()
     try:
-        return json.loads(raw)
-    except ValueError:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return raw.decode("utf-8", "replace")
 
 
@@ -111,8 +111,8 @@ def _fault_answer(endpoint: str, status: int) -> web.Response:
 
 def _params(raw: bytes) -> Params:
     try:
-        body = json.loads(raw)
-    except ValueError:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise BadParams("body is not JSON") from None
     if not isinstance(body, dict) or not isinstance(body.get("params"), dict):
         raise BadParams('body must be {"params": {...}}')
@@ -211,7 +211,17 @@ async def dispatch(request: web.Request) -> web.Response:
         return api_error(400, str(exc))
     except CommandRefused as exc:
         return api_error(exc.status, str(exc))
-    return web.json_response(answer)
+    if answer == _SUCCESS:
+        return web.Response(body=_SUCCESS_BODY, content_type="application/json")
+    return web.json_response(answer, dumps=_dumps)
+
+
+_SUCCESS = {"result": {"success": 1}}
+_SUCCESS_BODY = orjson.dumps(_SUCCESS)
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def add_routes(app: web.Application) -> None:
