@@ -41,7 +41,7 @@ def configure_logging(fmt: str = "json", level: str = "info", stream: Any = None
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(stream),
         # Not cached: module-level loggers must follow a later configure_logging() (tests, the
         # demo's log file). Costs a few microseconds per line; we log one line per decision.
         cache_logger_on_first_use=False,
