@@ -59,6 +59,8 @@ class Directory:
         self.raw_numbers: tuple[str, ...] = ()
         self.workplaces: dict[str, str] | None = None
         self._workplace_ids: frozenset[str] = frozenset()
+        self.listeners: list[Callable[[], None]] = []
+        """Called after every change of the workplace list."""
         self.parked: frozenset[str] = frozenset()
         self._wake = asyncio.Event()
         self._pending: set[str] = {"numbers", "workplaces"}
@@ -168,6 +170,8 @@ class Directory:
         self.workplaces = workplaces
         self._workplace_ids = frozenset(workplaces)
         self._metrics.directory_size.labels("workplaces").set(len(workplaces))
+        for listener in self.listeners:
+            listener()
         log.info("directory_workplaces", count=len(workplaces))
 
     async def _apply_parking(self) -> None:

@@ -132,7 +132,7 @@ class Engine:
         if isinstance(event, CallEvent):
             if event.state is CallState.TRYING:
                 if callmodel.is_parked_trying(event, self._directory.numbers):
-                    # Read once: the property builds a set, and the decision needs it too.
+                    # Read once: the same snapshot serves the check and the decision.
                     workplaces = self._directory.workplace_ids
                     if not self._to_workplace(event, workplaces):
                         self._spawn(self._route(event, received_at, workplaces))

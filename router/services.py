@@ -7,6 +7,7 @@ manager, rules source, directory, engine) and closed again in reverse order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -68,6 +69,24 @@ SHARED_TOKENS_POLL_S = 1.0
 LOCAL_TOKENS_POLL_S = 15.0
 """How often a daemon waiting for a login re-reads the token store (Redis / the tokens file)."""
 
+
+def report_unlisted_workplaces(holder: RulesHolder, directory: Directory, metrics: Metrics) -> None:
+    """Log the managers whose workplace MTT does not list (they are skipped when deciding)."""
+    loaded, listed = holder.current, directory.workplace_ids
+    if loaded is None or listed is None:
+        return
+    missing = {
+        m.id: m.workplace for m in loaded.rules.managers.values() if m.workplace not in listed
+    }
+    metrics.rules_entries.labels("unlisted_workplaces").set(len(missing))
+    if missing:
+        log.warning(
+            "rules_workplaces_not_listed",
+            managers=missing,
+            hint="these managers are skipped; check `mtt-router pbx workplaces`",
+        )
+
+
 SERVICES = web.AppKey("services", Services)
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 CONFIG = web.AppKey("config", Config)
@@ -108,6 +127,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             park=config.routing.park,
             shared=stores.redis.directory if stores.redis is not None else None,
         )
+        check = functools.partial(report_unlisted_workplaces, holder, directory, metrics)
+        holder.listeners.append(check)
+        directory.listeners.append(check)
         directory.start()
         stack.push_async_callback(directory.close)
         engine = Engine(

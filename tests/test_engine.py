@@ -412,3 +412,17 @@ async def test_stop_lets_an_inflight_transfer_finish(start_daemon: StartDaemon) 
     # serve() returned only after MTT's answer: the transfer was carried out and counted.
     assert (call.outcome, routed_to(call)) == ("transferred", IVANOV_WP)
     assert daemon.decisions("transferred") == 1
+
+
+async def test_rules_pointing_at_unlisted_workplaces_are_reported(
+    start_daemon: StartDaemon,
+) -> None:
+    """A manager whose workplace MTT does not list is counted (and logged) once both are known."""
+    rules = RULES.replace(f'"{SIDOROV_WP}"', '"883149999999999"')
+    daemon = await start_daemon(rules=rules)
+    await daemon.wait_directory()
+
+    async def reported() -> bool:
+        return daemon.sample("mtt_router_rules_entries", kind="unlisted_workplaces") == 1.0
+
+    await until(reported, "the unlisted workplace is counted")

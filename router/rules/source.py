@@ -47,7 +47,8 @@ class RulesHolder:
         self._metrics = metrics
         self.current: LoadedRules | None = None
         self.last_error: str | None = None
-        self.changed = asyncio.Event()
+        self.listeners: list[Callable[[], None]] = []
+        """Called after every install (e.g. to check the rules against the PBX's workplaces)."""
 
     def install(self, rules: Rules, version: int, source: str) -> None:
         """Make ``rules`` the rules in use."""
@@ -58,8 +59,8 @@ class RulesHolder:
         for kind, count in rules.counts().items():
             self._metrics.rules_entries.labels(kind).set(count)
         log.info("rules_loaded", source=source, version=version, **rules.counts())
-        self.changed.set()
-        self.changed = asyncio.Event()
+        for listener in self.listeners:
+            listener()
 
     def reject(self, source: str, error: Exception) -> None:
         """Record a failed load; the rules in use stay as they are."""
