@@ -96,7 +96,7 @@ class Config:
 
     mtt: MttConfig
     server: ServerConfig = ServerConfig()
-    storage: str = "memory"
+    storage: str = field(default="memory", repr=False)  # a Redis URL may carry a password
     storage_prefix: str = "mtt-router:"
     tokens_file: str = "tokens.json"
     rules: RulesConfig = RulesConfig()

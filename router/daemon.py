@@ -16,7 +16,8 @@ import structlog
 from aiohttp import web
 
 from router.admin import create_admin_app
-from router.config import Config
+from router.config import Config, HostPort
+from router.errors import ListenError
 from router.metrics import Metrics
 from router.server import create_app
 from router.services import SERVICES, Clock
@@ -31,6 +32,13 @@ def _addresses(runner: web.AppRunner) -> list[str]:
             host = f"[{addr[0]}]" if ":" in str(addr[0]) else str(addr[0])
             out.append(f"{host}:{addr[1]}")
     return out
+
+
+async def _bind(runner: web.AppRunner, address: HostPort) -> None:
+    try:
+        await web.TCPSite(runner, address.host, address.port).start()
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
 
 
 async def serve(
@@ -59,24 +67,21 @@ async def serve(
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
+    # Handlers first: a SIGTERM during start-up must stop cleanly, not kill the process.
     installed: list[signal.Signals] = []
-    await public_runner.setup()
+    for sig, handler in (
+        (signal.SIGTERM, stop.set),
+        (signal.SIGINT, stop.set),
+        (signal.SIGHUP, reload_rules),
+    ):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
     try:
+        await public_runner.setup()
         await admin_runner.setup()
-        await web.TCPSite(
-            public_runner, config.server.listen.host, config.server.listen.port
-        ).start()
-        await web.TCPSite(
-            admin_runner, config.server.admin_listen.host, config.server.admin_listen.port
-        ).start()
-        for sig, handler in (
-            (signal.SIGTERM, stop.set),
-            (signal.SIGINT, stop.set),
-            (signal.SIGHUP, reload_rules),
-        ):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, handler)
-                installed.append(sig)
+        await _bind(public_runner, config.server.listen)
+        await _bind(admin_runner, config.server.admin_listen)
         info = {
             "public": _addresses(public_runner),
             "admin": _addresses(admin_runner),
@@ -89,14 +94,17 @@ async def serve(
         await stop.wait()
         log.info("stopping", inflight=public[SERVICES].engine.inflight)
     finally:
+        # A reload in flight uses the rules source and stores: finish it before they close.
+        for task in reloads:
+            task.cancel("shutdown")
+        if reloads:
+            await asyncio.wait(set(reloads), timeout=2.0)
         # Admin first (nothing depends on it), then the public app, whose cleanup context
         # drains in-flight decisions before closing the session and stores they use. The
         # signal handlers stay until then: a second SIGTERM or a SIGHUP while draining must not
         # fall through to the default action and kill the process mid-transfer.
         await admin_runner.cleanup()
         await public_runner.cleanup()
-        for task in reloads:
-            task.cancel("shutdown")
         for sig in installed:
             loop.remove_signal_handler(sig)
     log.info("stopped")

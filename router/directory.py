@@ -85,7 +85,8 @@ class Directory:
         for task in (self._task, self._watch_task):
             if task is not None:
                 task.cancel("directory closing")
-                with contextlib.suppress(asyncio.CancelledError):
+                # An error that ended the task early was logged; it must not break shutdown.
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
         self._task = self._watch_task = None
 
@@ -122,29 +123,35 @@ class Directory:
                 await self._refresh_pending()
             except NeedsLoginError:
                 log.warning("directory_waiting_for_login")
-                self._wake.clear()
-                await self._sleep_or_wake(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                self._wake.set()
             except UpstreamError as exc:
                 log.warning("directory_refresh_failed", error=str(exc), retry_in_s=delay)
-                await self._sleep_or_wake(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                self._wake.set()
+            except Exception as exc:  # the directory must outlive any surprise (e.g. StorageError)
+                log.error("directory_refresh_crashed", error=repr(exc), retry_in_s=delay)
             else:
                 delay = RETRY_INITIAL_S
+                continue
+            await self._sleep_or_wake(delay)
+            delay = min(delay * 2, RETRY_MAX_S)
+            self._wake.set()
 
     async def _sleep_or_wake(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), delay)
 
     async def _refresh_pending(self) -> None:
-        if "numbers" in self._pending:
-            await self.refresh_numbers()
-            self._pending.discard("numbers")
-        if "workplaces" in self._pending:
-            await self.refresh_workplaces()
-            self._pending.discard("workplaces")
+        # Take a kind off the list *before* fetching it: a notification that arrives during the
+        # fetch adds it back, and the next round fetches again.
+        for kind, refresh in (
+            ("numbers", self.refresh_numbers),
+            ("workplaces", self.refresh_workplaces),
+        ):
+            if kind in self._pending:
+                self._pending.discard(kind)
+                try:
+                    await refresh()
+                except BaseException:
+                    self._pending.add(kind)
+                    raise
 
     async def refresh_numbers(self) -> None:
         """Fetch external numbers and park the configured ones that are not parked yet."""

@@ -21,7 +21,12 @@ from typing import Any, Protocol
 import structlog
 
 from router import callmodel
-from router.errors import NeedsLoginError, StorageError, UpstreamError
+from router.errors import (
+    NeedsLoginError,
+    StorageError,
+    UpstreamConnectionError,
+    UpstreamError,
+)
 from router.events import CallEvent, CallState, Event, VpbxEvent, VpbxEventType
 from router.metrics import Metrics
 from router.mtt.client import MttClient
@@ -36,9 +41,6 @@ CLAIM_TTL_S = 3600.0
 
 BUSY_TTL_S = 4 * 3600.0
 """Safety net: a workplace whose ``finished`` never arrived is free again after this."""
-
-ROUTED_MAX = 100_000
-"""Calls remembered as routed by us (to never route their legs again), at most."""
 
 CLIENT_LOOKUP_TIMEOUT_S = 0.3
 """A per-client lookup (Redis) that takes longer than this is skipped; the rules still apply."""
@@ -87,6 +89,8 @@ class DecisionRecord:
     matched: str = "none"
     reasons: list[str] = field(default_factory=list)
     attempts: int = 0
+    answered: bool = False
+    """MTT answered one of our commands (``decision_seconds`` measures up to that answer)."""
     latency_ms: float = 0.0
     error: str | None = None
 
@@ -118,12 +122,10 @@ class Engine:
         self._now = now
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
-        self._routed: dict[str, str] = {}
         self._presence_ops: deque[tuple[bool, str, str]] = deque()
         self._presence_worker = False
         # Bound label children: .labels() costs a dict lookup and a lock per call otherwise.
         self._outcomes = {o: metrics.decisions.labels(o.value) for o in Outcome}
-        self.recent: list[DecisionRecord] = []
 
     # -- intake -------------------------------------------------------------------------------
 
@@ -158,8 +160,6 @@ class Engine:
         free = callmodel.freed_workplace(event)
         if free is not None:
             self._queue_presence(False, free, event.call.id)
-        if event.state is CallState.FINISHED:
-            self._routed.pop(event.call.id, None)
 
     def _queue_presence(self, busy: bool, workplace: str, call_id: str) -> None:
         # One worker applies presence changes in arrival order (connected before finished, even
@@ -188,7 +188,6 @@ class Engine:
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         if not self._accepting:
             coro.close()
-            self._presence_worker = False
             return
         task = asyncio.get_running_loop().create_task(coro)
         # Keep a hard reference: the loop holds only a weak one and would let it vanish mid-call.
@@ -233,11 +232,17 @@ class Engine:
         )
         structlog.contextvars.bind_contextvars(call_id=event.call.id)
         try:
-            if not await self._claim(event.call.id):
+            # The claim and the per-client lookup are independent round trips (Redis): overlap
+            # them. A duplicate's lookup is wasted, but duplicates are rare.
+            claimed, override = await asyncio.gather(
+                self._claims.claim(event.call.id, CLAIM_TTL_S),
+                self._client_override(event.caller.number),
+            )
+            if not claimed:
                 record.outcome = Outcome.DUPLICATE
                 record.reasons.append("call id already claimed: decided once already")
             else:
-                await self._decide_and_act(event, record, deadline, workplaces)
+                await self._decide_and_act(event, record, deadline, workplaces, override)
         except Exception as exc:  # a bug must cost one call, not the daemon
             record.outcome = Outcome.ERROR
             record.error = repr(exc)
@@ -246,26 +251,19 @@ class Engine:
             record.latency_ms = (loop.time() - received_at) * 1000.0
             self._finish(record)
 
-    async def _claim(self, call_id: str) -> bool:
-        try:
-            return await self._claims.claim(call_id, CLAIM_TTL_S)
-        except StorageError:
-            # Claims stores fall back locally themselves; reaching here means even that failed.
-            return call_id not in self._routed
-
     async def _decide_and_act(
         self,
         event: CallEvent,
         record: DecisionRecord,
         deadline: float,
         workplaces: frozenset[str] | None,
+        override: str | None,
     ) -> None:
         loaded = self._rules.current
         if loaded is None:
             record.reasons.append("no rules loaded: release to the PBX")
             await self._terminate(event, record, deadline)
             return
-        override = await self._client_override(event.caller.number)
         decision = decide(
             event.caller.number,
             loaded.rules,
@@ -305,15 +303,24 @@ class Engine:
                 await self._client.transfer_call(
                     event.call, target.workplace, event.transport_id, deadline=deadline
                 )
-            except NeedsLoginError as exc:
-                record.error = str(exc)
+            except (NeedsLoginError, StorageError) as exc:
+                record.error = f"{type(exc).__name__}: {exc}"
                 record.outcome = Outcome.ERROR
                 return
             except UpstreamError as exc:
                 record.error = f"{type(exc).__name__}: {exc}"
                 record.reasons.append(f"transfer to {target.manager} failed: {exc}")
+                record.answered = exc.status is not None
+                if loop.time() >= deadline:
+                    break  # the budget is spent (a timeout ends exactly here)
+                if not _refused(exc):
+                    # The request may have reached MTT (the connection broke after it was sent):
+                    # another transfer or a terminate could undo a transfer that happened.
+                    record.reasons.append("MTT may have applied it: no further command")
+                    record.outcome = Outcome.ERROR
+                    return
                 continue
-            self._remember_routed(event.call.id, target.workplace)
+            record.answered = True
             record.outcome = Outcome.TRANSFERRED
             return
         if loop.time() >= deadline:
@@ -328,13 +335,6 @@ class Engine:
         if record.outcome is Outcome.FALLBACK_PBX:
             record.outcome, record.error = Outcome.ERROR, error
 
-    def _remember_routed(self, call_id: str, workplace: str) -> None:
-        self._routed[call_id] = workplace
-        if len(self._routed) > ROUTED_MAX:
-            # dicts keep insertion order: drop the oldest half (calls long over).
-            for old in list(self._routed)[: ROUTED_MAX // 2]:
-                del self._routed[old]
-
     async def _terminate(self, event: CallEvent, record: DecisionRecord, deadline: float) -> None:
         loop = asyncio.get_running_loop()
         if loop.time() >= deadline:
@@ -343,15 +343,17 @@ class Engine:
         record.attempts += 1
         try:
             await self._client.terminate_call(event.call, event.transport_id, deadline=deadline)
-        except UpstreamError as exc:
+        except (UpstreamError, StorageError) as exc:
             record.error = f"{type(exc).__name__}: {exc}"
+            record.answered = isinstance(exc, UpstreamError) and exc.status is not None
             record.outcome = Outcome.MISSED_WINDOW if loop.time() >= deadline else Outcome.ERROR
             return
+        record.answered = True
         record.outcome = Outcome.FALLBACK_PBX
 
     def _finish(self, record: DecisionRecord) -> None:
         self._outcomes[record.outcome].inc()
-        if record.outcome is not Outcome.DUPLICATE:
+        if record.answered:  # SPEC §7: receipt of trying -> MTT's answer to our command
             self._metrics.decision_seconds.observe(record.latency_ms / 1000.0)
         log.info(
             "decision",
@@ -367,6 +369,10 @@ class Engine:
             error=record.error,
         )
         structlog.contextvars.unbind_contextvars("call_id")
-        self.recent.append(record)
-        if len(self.recent) > 100:
-            del self.recent[:50]
+
+
+def _refused(exc: UpstreamError) -> bool:
+    """True when MTT certainly did not apply the command: it answered, or nothing was sent."""
+    if isinstance(exc, UpstreamConnectionError):
+        return exc.retryable  # refused connection: nothing reached MTT
+    return exc.status is not None

@@ -84,5 +84,9 @@ class InvalidStateError(AuthError):
     """An OAuth callback's ``state`` is unknown, expired or already used: nothing is stored."""
 
 
+class ListenError(RouterError):
+    """A listener could not bind its address (port taken, address not on this host)."""
+
+
 class StorageError(RouterError, ConnectionError):
     """The shared storage (Redis) did not answer in time; callers fall back to local state."""

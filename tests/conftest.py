@@ -1,6 +1,9 @@
 """Fixture modules live in tests/fixtures/, one per area."""
 
+from collections.abc import Iterator
+
 import pytest
+import structlog
 
 pytest_plugins = [
     "tests.fixtures.net",
@@ -15,3 +18,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "e2e: real `mtt-router simulate` and `mtt-router run` processes (-m e2e)"
     )
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Each test starts from structlog's defaults, whatever an earlier test configured."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()

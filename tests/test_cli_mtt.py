@@ -151,7 +151,7 @@ async def test_auth_login_refuses_a_forged_state(
 ) -> None:
     """A callback with a state the command did not issue gets 400 and stores nothing."""
     command = asyncio.create_task(
-        run("auth", "login", "--timeout", "1", "--config", str(config_path))
+        run("auth", "login", "--timeout", "3", "--config", str(config_path))
     )
     callback = f"http://127.0.0.1:{listen_port}/mtt"
     async with asyncio.timeout(10):

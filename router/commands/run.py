@@ -8,6 +8,7 @@ import sys
 from router import runtime
 from router.commands._common import add_config_arg, load_config_or_exit
 from router.daemon import serve
+from router.errors import ListenError
 from router.logs import configure_logging
 
 
@@ -29,11 +30,6 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(config.log.format, config.log.level)
     try:
         return runtime.run(serve(config))
-    except OSError as exc:
-        # Binding a listener failed (port taken, address not local): one line, no traceback.
-        print(
-            f"cannot listen on {config.server.listen} / {config.server.admin_listen}: "
-            f"{exc.strerror or exc}",
-            file=sys.stderr,
-        )
+    except ListenError as exc:
+        print(exc, file=sys.stderr)  # port taken, address not local: one line, no traceback
         return 1

@@ -29,7 +29,13 @@ from typing import Any
 
 import structlog
 
-from router.errors import InvalidGrantError, InvalidStateError, NeedsLoginError, UpstreamError
+from router.errors import (
+    InvalidGrantError,
+    InvalidStateError,
+    NeedsLoginError,
+    StorageError,
+    UpstreamError,
+)
 from router.metrics import Metrics
 from router.mtt.oauth import OAuthClient
 from router.mtt.refresher import Refresher, next_refresh_at
@@ -88,6 +94,7 @@ class TokenManager:
         self._login_required = True  # until a usable set is loaded or obtained
         self._unsaved: TokenSet | None = None  # obtained but not yet persisted (store failed)
         self._refused_access: str | None = None  # an access token MTT answered 401 to
+        self._store_unreadable = False  # logged once per store outage
         self._announced_at: float | None = None
         self._refresh_task: asyncio.Task[TokenSet] | None = None
         self._changed = asyncio.Event()
@@ -165,8 +172,16 @@ class TokenManager:
         return stored
 
     async def start(self) -> None:
-        """Load the store and start the proactive refresher (stopped by :meth:`close`)."""
-        await self.load()
+        """Load the store and start the proactive refresher (stopped by :meth:`close`).
+
+        A store that does not answer (Redis down) is not fatal: the daemon starts without tokens
+        (not ready) and the refresher's polling picks the set up when the store is back.
+        """
+        try:
+            await self.load()
+        except StorageError as exc:
+            self._store_unreadable = True
+            _log().error("token_store_unavailable", error=str(exc))
         if self.needs_login:
             await self._announce("no usable tokens stored")
         self._refresher = Refresher(self, self._changed, poll_s=self._poll_s)
@@ -197,6 +212,12 @@ class TokenManager:
             if self._tokens is not None and self._access_usable(self._tokens, self._clock()):
                 return self._tokens.access_token
             raise NeedsLoginError("no usable MTT token: run `mtt-router auth login`")
+        tokens = self._tokens
+        if self._access_usable(tokens, self._clock()):
+            # Inside the early-expiry margin but still valid: refresh in the background (one
+            # shared task) and use this token, rather than make a parked call wait on OAuth.
+            self._start_refresh()
+            return tokens.access_token
         return (await self._join_refresh()).access_token
 
     async def refresh_after_401(self, used_token: str) -> str:
@@ -258,12 +279,16 @@ class TokenManager:
         """Refresh now, or join the refresh already running (one request for all callers)."""
         return await self._join_refresh()
 
-    async def _join_refresh(self) -> TokenSet:
+    def _start_refresh(self) -> asyncio.Task[TokenSet]:
         task = self._refresh_task
         if task is None or task.done():
             task = asyncio.create_task(self._refresh(), name="mtt-token-refresh")
             task.add_done_callback(_consume)
             self._refresh_task = task
+        return task
+
+    async def _join_refresh(self) -> TokenSet:
+        task = self._start_refresh()
         # asyncio.wait, not await: a caller cancelled by its deadline must not cancel the refresh.
         await asyncio.wait((task,))
         return task.result()
@@ -410,8 +435,13 @@ class TokenManager:
         try:
             stored = await self._store.load()
         except Exception as exc:
-            _log().warning("token_store_unreadable", error_type=type(exc).__name__)
+            if not self._store_unreadable:  # one line per outage, not one per poll
+                self._store_unreadable = True
+                _log().warning("token_store_unreadable", error_type=type(exc).__name__)
             return
+        if self._store_unreadable:
+            self._store_unreadable = False
+            _log().info("token_store_readable_again")
         now = self._clock()
         held = self._tokens
         if (

@@ -136,11 +136,6 @@ class FileRulesSource:
                 log.exception("rules_watch_failed", path=str(self.path))
 
 
-def parse_rules_text(text: str, source: str) -> Rules:
-    """Validate rules text (for `rules push` and the Redis source); raises :class:`RulesError`."""
-    return load_rules(text, source)
-
-
 class SharedRules(Protocol):
     """The Redis rules store as this source uses it (see :class:`router.state.redis.RulesStore`)."""
 

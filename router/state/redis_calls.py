@@ -80,6 +80,10 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+UNSYNCED_MAX = 50_000
+"""Presence changes kept for write-back while Redis is down, at most (about 1 h of calls)."""
+
+
 class LocalClaims:
     """In-process claims with expiry, bounded to ``max_entries`` (the oldest go first)."""
 
@@ -195,13 +199,28 @@ class RedisPresence:
             self._busy_valid_until = soonest
         return self._busy
 
+    def _defer(self, workplace: str, call_id: str, expiry: float | None) -> None:
+        """Keep a change for the next sync; bounded, oldest dropped (Redis TTLs cover those)."""
+        self._unsynced.pop((workplace, call_id), None)
+        self._unsynced[(workplace, call_id)] = expiry
+        while len(self._unsynced) > UNSYNCED_MAX:
+            del self._unsynced[next(iter(self._unsynced))]
+
+    def _redis_down(self) -> bool:
+        # While Redis is known to be down, do not queue every update behind a doomed round trip:
+        # the engine applies presence in order, and waiting would make the local view lag.
+        return self._ops.health.known_down
+
     async def set_busy(self, workplace: str, call_id: str, ttl_s: float) -> None:
         """Mark ``workplace`` on ``call_id`` here at once, then in Redis (for ``ttl_s``)."""
         self._apply(workplace, call_id, time.monotonic() + ttl_s)
+        if self._redis_down():
+            self._defer(workplace, call_id, time.monotonic() + ttl_s)
+            return
         try:
             accepted = await self._write(workplace, call_id, ttl_s)
         except StorageError as exc:
-            self._unsynced[(workplace, call_id)] = time.monotonic() + ttl_s
+            self._defer(workplace, call_id, time.monotonic() + ttl_s)
             log.debug("presence_local_only", workplace=workplace, error=str(exc))
             return
         if not accepted:  # the call already ended (its "finished" went to another replica)
@@ -210,10 +229,13 @@ class RedisPresence:
     async def set_free(self, workplace: str, call_id: str) -> None:
         """Mark the end of ``call_id`` on ``workplace`` here at once, then in Redis."""
         self._apply(workplace, call_id, None)
+        if self._redis_down():
+            self._defer(workplace, call_id, None)
+            return
         try:
             await self._write(workplace, call_id, None)
         except StorageError as exc:
-            self._unsynced[(workplace, call_id)] = None
+            self._defer(workplace, call_id, None)
             log.debug("presence_local_only", workplace=workplace, error=str(exc))
 
     async def sync(self) -> bool:
@@ -236,7 +258,9 @@ class RedisPresence:
                 continue
             ttl_s = None if expiry is None else expiry - now
             await self._write(workplace, call_id, ttl_s)
-            self._unsynced.pop((workplace, call_id), None)
+            # Only if unchanged meanwhile: a newer change made during the write must stay queued.
+            if self._unsynced.get((workplace, call_id), expiry) == expiry:
+                self._unsynced.pop((workplace, call_id), None)
         journal: list[tuple[str, str, float | None]] = []
         self._journal = journal
         try:

@@ -130,6 +130,11 @@ class RedisHealth:
         self._was_down = False
         self._metrics.storage_up.set(0)
 
+    @property
+    def known_down(self) -> bool:
+        """True after a failed round trip and until the next good one (not before any check)."""
+        return self._was_down and not self.up
+
     def mark_up(self) -> None:
         """Record a successful round trip (logged when it ends an outage)."""
         if not self.up:

@@ -6,19 +6,10 @@ import asyncio
 import json
 import time
 
-from router.state import CallClaims, Presence
 from router.state.redis_calls import LocalClaims, RedisCallClaims, RedisPresence
 from router.state.redis_conn import RedisOps
 from tests.fixtures.net import RedisServer
 from tests.storage.conftest import MakeOps, errors, eventually, wait_until
-
-
-def test_the_stores_follow_the_protocols(ops: RedisOps) -> None:
-    """RedisCallClaims and RedisPresence satisfy the state protocols (checked by mypy)."""
-    claims: CallClaims = RedisCallClaims(ops)
-    presence: Presence = RedisPresence(ops)
-    assert claims is not None
-    assert presence.busy() == frozenset()
 
 
 async def test_each_call_is_claimed_once_across_two_replicas(make_ops: MakeOps) -> None:

@@ -263,4 +263,3 @@ async def test_import_of_a_million_rows(make_ops: MakeOps, tmp_path: Path) -> No
     assert await clients.count() == 1_000_000
     assert await clients.get("79000000000") == "m0"
     assert await clients.get("8 900 099-99-99") == "m49"
-    assert elapsed < 60

@@ -9,7 +9,6 @@ import pytest
 
 from router.errors import StorageError
 from router.mtt.tokens import TokenSet
-from router.state import OAuthStateStore, TokenStore
 from router.state.redis_conn import RedisOps
 from router.state.redis_tokens import RedisOAuthStateStore, RedisTokenStore
 from tests.fixtures.net import RedisServer
@@ -19,14 +18,6 @@ from tests.storage.conftest import MakeOps, eventually
 def tokens(version: int, access: str = "a") -> TokenSet:
     now = time.time()
     return TokenSet(access, f"r-{access}", now + 7200, now + 3 * 86400, now, version=version)
-
-
-def test_the_stores_follow_the_protocols(ops: RedisOps) -> None:
-    """RedisTokenStore and RedisOAuthStateStore satisfy the state protocols (checked by mypy)."""
-    token_store: TokenStore = RedisTokenStore(ops)
-    state_store: OAuthStateStore = RedisOAuthStateStore(ops)
-    assert token_store is not None
-    assert state_store is not None
 
 
 async def test_load_save_round_trip(ops: RedisOps) -> None:
