@@ -232,12 +232,7 @@ class Engine:
         )
         structlog.contextvars.bind_contextvars(call_id=event.call.id)
         try:
-            # The claim and the per-client lookup are independent round trips (Redis): overlap
-            # them. A duplicate's lookup is wasted, but duplicates are rare.
-            claimed, override = await asyncio.gather(
-                self._claims.claim(event.call.id, CLAIM_TTL_S),
-                self._client_override(event.caller.number),
-            )
+            claimed, override = await self._claim_and_look_up(event)
             if not claimed:
                 record.outcome = Outcome.DUPLICATE
                 record.reasons.append("call id already claimed: decided once already")
@@ -250,6 +245,20 @@ class Engine:
         finally:
             record.latency_ms = (loop.time() - received_at) * 1000.0
             self._finish(record)
+
+    async def _claim_and_look_up(self, event: CallEvent) -> tuple[bool, str | None]:
+        claim = self._claims.claim(event.call.id, CLAIM_TTL_S)
+        if self._clients is None or not event.caller.number:
+            return await claim, None  # memory: no round trip to overlap, no task to pay for
+        # With Redis the claim and the per-client lookup are independent round trips: overlap
+        # them (a duplicate's lookup is wasted, but duplicates are rare).
+        lookup = asyncio.ensure_future(self._client_override(event.caller.number))
+        try:
+            claimed = await claim
+        except BaseException:
+            lookup.cancel()
+            raise
+        return claimed, await lookup
 
     async def _decide_and_act(
         self,
