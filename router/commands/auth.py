@@ -20,7 +20,6 @@ from aiohttp import web
 from router.commands._common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
     MttContext,
     add_config_arg,
     add_json_arg,
@@ -28,21 +27,19 @@ from router.commands._common import (
     print_json,
     run_mtt,
 )
+from router.commands._groups import Subparsers, add_group
 from router.errors import InvalidStateError, RouterError
 from router.mtt.auth import STATE_TTL_S
-
-Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Add ``auth login`` and ``auth status``."""
-    parser = sub.add_parser(
+    actions = add_group(
+        sub,
         "auth",
         help="authorise with MTT (OAuth 2.0) and show the token status",
         description="Authorise the integration with MTT and show whether it is authorised.",
     )
-    parser.set_defaults(handler=partial(_usage, parser))
-    actions = parser.add_subparsers(dest="auth_action", metavar="ACTION")
 
     login = actions.add_parser(
         "login",
@@ -69,11 +66,6 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     add_config_arg(status)
     add_json_arg(status)
     status.set_defaults(handler=_status)
-
-
-def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 # -- status -----------------------------------------------------------------------------------

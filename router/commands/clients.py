@@ -16,13 +16,13 @@ from typing import Any
 from router.commands._common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
     add_config_arg,
     add_json_arg,
     fail,
     print_json,
     print_table,
 )
+from router.commands._groups import Subparsers, add_group
 from router.commands._storage import current_rules, report_rules_error, run_storage
 from router.config import Config
 from router.errors import RulesError
@@ -30,18 +30,15 @@ from router.numbers import NumberError, normalize
 from router.state.clients_csv import check_manager_id
 from router.state.redis import RedisStores
 
-Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
-
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Add the ``clients`` command group."""
-    parser = sub.add_parser(
+    actions = add_group(
+        sub,
         "clients",
         help="per-client edits in Redis: caller number -> personal manager",
         description="Edit the caller -> personal manager map kept in Redis (storage: redis://).",
     )
-    parser.set_defaults(handler=partial(_group_usage, parser))
-    actions = parser.add_subparsers(dest="clients_command", metavar="ACTION")
 
     p = actions.add_parser("set", help="make MANAGER the personal manager of NUMBER")
     p.add_argument("number", metavar="NUMBER", help="the client's number, in any format")
@@ -83,11 +80,6 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
     for action in ("set", "del", "get", "import", "count"):
         actions.choices[action].set_defaults(handler=_run)
-
-
-def _group_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 from router.commands._common import (
     EXIT_OK,
-    EXIT_USAGE,
     MttContext,
     add_config_arg,
     add_json_arg,
@@ -23,21 +21,20 @@ from router.commands._common import (
     print_table,
     run_mtt,
 )
+from router.commands._groups import Subparsers, add_group
 from router.numbers import try_normalize
 
-Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
 Show = Callable[[MttContext, bool], Awaitable[int]]
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Add the ``pbx`` group and the top-level ``call`` command."""
-    parser = sub.add_parser(
+    actions = add_group(
+        sub,
         "pbx",
         help="look at the MTT PBX and switch parking",
         description="List the PBX's external numbers, workplaces and terminals; switch parking.",
     )
-    parser.set_defaults(handler=partial(_usage, parser))
-    actions = parser.add_subparsers(dest="pbx_action", metavar="ACTION")
     lists: tuple[tuple[str, str, Show], ...] = (
         ("numbers", "external numbers (externalNumbersInfo)", _numbers),
         ("workplaces", "workplaces and their SIP IDs (workPlacesInfo)", _workplaces),
@@ -72,11 +69,6 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     add_config_arg(call)
     add_json_arg(call)
     call.set_defaults(handler=_call)
-
-
-def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def _run(show: Show, args: argparse.Namespace) -> int:

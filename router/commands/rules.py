@@ -13,9 +13,9 @@ import importlib
 import json
 import sys
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
+from router.commands._groups import Subparsers, add_group
 from router.errors import RulesError
 from router.numbers import try_normalize
 from router.routing import Action, Decision, decide
@@ -27,18 +27,15 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Modules adding more actions to ``mtt-router rules`` (each with ``register_rules(actions)``).
 RULES_ACTION_MODULES = ("router.commands.rules_store",)
 
-Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
-
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Add the ``rules`` command group with ``check`` and ``explain`` (and any extensions)."""
-    parser = sub.add_parser(
+    actions = add_group(
+        sub,
         "rules",
         help="check routing rules and explain decisions",
         description="Validate routing rules and show how a call would be routed.",
     )
-    parser.set_defaults(handler=partial(_group_usage, parser))
-    actions = parser.add_subparsers(dest="rules_command", metavar="ACTION")
     register_check(actions)
     register_explain(actions)
     for name in RULES_ACTION_MODULES:
@@ -49,11 +46,6 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
                 raise
             continue  # not built yet
         module.register_rules(actions)
-
-
-def _group_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    parser.print_help(sys.stderr)
-    return EXIT_USAGE
 
 
 def register_check(actions: Subparsers[argparse.ArgumentParser]) -> None:

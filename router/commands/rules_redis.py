@@ -13,13 +13,12 @@ import tempfile
 from pathlib import Path
 
 from router.commands._common import EXIT_FAILED, EXIT_OK, add_config_arg, fail
+from router.commands._groups import Subparsers
 from router.commands._storage import report_rules_error, run_storage
 from router.config import Config
 from router.errors import RulesError
 from router.rules.loader import load_rules
 from router.state.redis import RedisStores
-
-Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
 
 def add_store_commands(actions: Subparsers[argparse.ArgumentParser]) -> None:

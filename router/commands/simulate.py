@@ -16,12 +16,12 @@ from typing import Any, Literal
 
 import structlog
 
+from router.commands._groups import Subparsers
 from router.logs import configure_logging
 from router.simulator import SimConfig, generated_workplaces, serve_simulator
 from router.simulator.config import DOC_CLIENT_ID, DOC_CLIENT_SECRET, DOC_NUMBERS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
