@@ -39,11 +39,7 @@ def mtt_config(sim: Simulator, *, redirect_uri: str = REDIRECT_URI) -> MttConfig
 
 def issued_set(sim: Simulator, *, age_s: float = 0.0, version: int = 1) -> TokenSet:
     """A token set the simulator really issued, as if obtained ``age_s`` seconds ago."""
-    return TokenSet.from_response(
-        sim.issue_tokens(),  # type: ignore[arg-type]  # same five keys as TokenResponse
-        now=time.time() - age_s,
-        version=version,
-    )
+    return TokenSet.from_response(sim.issue_tokens(), now=time.time() - age_s, version=version)
 
 
 def expired_set(sim: Simulator, *, version: int = 1) -> TokenSet:
@@ -58,7 +54,8 @@ def manager(
     *,
     metrics: Metrics | None = None,
     states: MemoryOAuthStates | None = None,
-    **kwargs: float,
+    clock: Callable[[], float] = time.time,
+    poll_s: float = 15.0,
 ) -> TokenManager:
     """A token manager on the simulator with memory stores unless given."""
     metrics = metrics or Metrics()
@@ -67,7 +64,8 @@ def manager(
         store if store is not None else MemoryTokenStore(),
         states if states is not None else MemoryOAuthStates(),
         metrics,
-        **kwargs,  # type: ignore[arg-type]
+        clock=clock,
+        poll_s=poll_s,
     )
 
 

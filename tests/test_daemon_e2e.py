@@ -268,7 +268,7 @@ log:
         sessions.append(http)
         if authorised:
             answer = await setup.post(sim_url + "/_sim/tokens", {})
-            tokens = TokenSet.from_response(answer, now=time.time(), version=1)  # type: ignore[arg-type]
+            tokens = TokenSet.from_answer(answer, now=time.time(), version=1)
             await FileTokenStore(tokens_path).save(tokens, expected_version=None)
         daemon = await spawn("run", "--config", str(config))
         children.append(daemon)

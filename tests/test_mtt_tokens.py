@@ -1,5 +1,5 @@
 """TokenManager against the simulator: login, proactive and single-flight refresh, rotation,
-persistence, needs-login, and no token in any log line."""
+persistence, needs-login, and no token in any log line; the refresher's wake-up on a change."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import pytest
 from router.errors import AuthError, InvalidStateError, NeedsLoginError, ServerError
 from router.metrics import Metrics
 from router.mtt.client import MttClient, make_session
+from router.mtt.refresher import Refresher
+from router.mtt.token_state import TokenState
 from router.mtt.tokens import TokenSet
 from router.simulator import EndpointFault, SimConfig, Simulator, serve_simulator
 from router.state.memory import FileTokenStore, MemoryOAuthStates, MemoryTokenStore
@@ -51,7 +53,7 @@ async def test_full_login_flow_through_the_callback(
     tm = manager(session, sim, store, metrics=metrics)
     await tm.start()
     try:
-        assert tm.needs_login
+        assert tm.status()["needs_login"] is True
         assert sample(metrics, "mtt_router_needs_login") == 1
         code, state = await follow_authorize(sim_http, await tm.begin_login())
         tokens = await tm.complete_login(code, state)
@@ -126,9 +128,9 @@ async def test_proactive_refresh_before_expiry(session: aiohttp.ClientSession) -
 async def test_refresh_token_is_kept_alive(session: aiohttp.ClientSession) -> None:
     """A refresh token near its end is renewed even while the access token is fresh."""
     async with serve_simulator(SimConfig(refresh_ttl_s=2.0, seed=1)) as sim:
-        answer = dict(sim.issue_tokens())
+        answer = sim.issue_tokens()
         answer["refresh_expires_in"] = 2  # what our TokenSet would know of a 2 s refresh token
-        store = MemoryTokenStore(TokenSet.from_response(answer, version=1))  # type: ignore[arg-type]
+        store = MemoryTokenStore(TokenSet.from_response(answer, version=1))
         tm = manager(session, sim, store)
         await tm.start()
         try:
@@ -384,7 +386,8 @@ async def test_no_token_or_secret_in_logs_or_reprs(
     text = logs.getvalue()
     assert "token_refreshed" in text
     assert "needs_login" in text
-    reprs = repr(tm) + repr(stored) + repr(client) + repr(store) + str(tm.status())
+    reprs = repr(tm) + repr(tm.state) + repr(tm.grants) + repr(stored) + repr(client)
+    reprs += repr(store) + str(tm.status())
     for secret in secrets:
         assert secret not in text
         assert secret not in reprs
@@ -405,3 +408,40 @@ async def test_close_lets_an_in_flight_refresh_finish(
     stored = await store.load()
     assert stored is not None
     assert stored.version == 2
+
+
+async def test_change_waiter_sees_only_changes_after_it_was_taken() -> None:
+    """A waiter taken before a change sees it even if awaited later; one taken after does not."""
+    state = TokenState(MemoryTokenStore(), Metrics())
+    before = state.changed()
+    now = time.time()
+    state.adopt(TokenSet("access", "refresh", now + 100, now + 1000, now, version=1))
+    after = state.changed()
+    assert await before.wait(0.01)
+    assert not await after.wait(0.01)
+
+
+async def test_refresher_wakes_on_a_state_change_not_at_its_next_poll() -> None:
+    """Waiting out a long poll without tokens, the loop refreshes as soon as a due set arrives."""
+    state = TokenState(MemoryTokenStore(), Metrics())
+    asked = asyncio.Event()
+
+    class Source:
+        async def refresh(self) -> TokenSet:
+            asked.set()
+            raise NeedsLoginError("enough for this test")
+
+        async def reload(self) -> None:
+            return None
+
+    refresher = Refresher(state, Source(), poll_s=60.0)
+    refresher.start()
+    try:
+        await asyncio.sleep(0.01)  # the loop is now waiting out its 60 s poll
+        assert not asked.is_set()
+        now = time.time()
+        state.adopt(TokenSet("access", "refresh", now + 10, now + 1000, now - 100, version=1))
+        async with asyncio.timeout(2):
+            await asked.wait()
+    finally:
+        await refresher.close()

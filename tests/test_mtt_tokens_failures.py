@@ -123,8 +123,7 @@ async def test_invalid_grant_after_a_siblings_rotation_adopts_its_set(
             return await super().load()
 
     tm = TokenManager(oauth, StaleOnce(), MemoryOAuthStates(), metrics)
-    tm._tokens = old
-    tm._login_required = False
+    tm.state.adopt(old)
     assert await tm.access_token() == rotated.access_token
     assert not tm.needs_login
     assert sample(metrics, "mtt_router_token_refreshes_total", result="invalid_grant") == 1

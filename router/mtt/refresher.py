@@ -1,10 +1,12 @@
-"""The token manager's background task: refresh ahead of time, back off on errors, never die.
+"""The background refresh loop: refresh ahead of time, back off on errors, never die.
 
-It sleeps until :func:`next_refresh_at` of the current set (80% of the access
+It sleeps until :func:`~router.mtt.tokens.next_refresh_at` of the current set (80% of the access
 token's life, or earlier to keep the refresh token valid), waking early when the set changes
-(a login), then asks the manager for a refresh. Transient failures are retried with back-off
-(1 s doubling to 60 s). While a login is needed it re-reads the store every ``poll_s`` seconds,
-so a login done elsewhere (`mtt-router auth login`, another replica) is picked up.
+(a login), then asks for a refresh. Transient failures are retried with back-off (1 s doubling
+to 60 s). While a login is needed it re-reads the store every ``poll_s`` seconds, so a login
+done elsewhere (`mtt-router auth login`, another replica) is picked up.
+
+It knows the token state and the refresh only through the two small protocols below.
 """
 
 from __future__ import annotations
@@ -12,18 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
 from router.errors import NeedsLoginError
-from router.mtt.tokens import TokenSet
+from router.mtt.tokens import TokenSet, next_refresh_at
 
-if TYPE_CHECKING:
-    from router.mtt.auth import TokenManager
-
-REFRESH_TOKEN_MARGIN_S = 6 * 3600.0
-"""Refresh at least this long (at most 20% of its lifetime) before the refresh token lapses."""
 MAX_SLEEP_S = 60.0
 """Re-read the clock at least this often (the wall clock may jump, hosts sleep)."""
 BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 60.0
@@ -31,22 +28,58 @@ MIN_INTERVAL_S = 0.5
 """Refreshes start at least this far apart, whatever lifetimes MTT hands out."""
 
 
-def next_refresh_at(tokens: TokenSet) -> float:
-    """At 80% of the access lifetime, or earlier to keep the refresh token valid."""
-    due = tokens.refresh_due_at()
-    margin = min(REFRESH_TOKEN_MARGIN_S, 0.2 * (tokens.refresh_expires_at - tokens.obtained_at))
-    keep_alive = tokens.refresh_expires_at - margin
-    if keep_alive > tokens.obtained_at:  # else this set already carries a non-rotated token
-        due = min(due, keep_alive)
-    return due
+class Waiter(Protocol):
+    """Waits for one change of the token set."""
+
+    async def wait(self, timeout_s: float) -> bool:
+        """True once the set changed, False when ``timeout_s`` passed first."""
+        ...
+
+
+class WatchedTokens(Protocol):
+    """What the loop reads (:class:`~router.mtt.token_state.TokenState` is one)."""
+
+    @property
+    def tokens(self) -> TokenSet | None:
+        """The current set."""
+        ...
+
+    @property
+    def refreshable(self) -> bool:
+        """True when a refresh may be tried."""
+        ...
+
+    def now(self) -> float:
+        """Unix seconds, on the clock the set's times use."""
+        ...
+
+    def update_gauges(self) -> None:
+        """Bring the token gauges up to date."""
+        ...
+
+    def changed(self) -> Waiter:
+        """A waiter for the next change of the set."""
+        ...
+
+
+class TokenSource(Protocol):
+    """What the loop asks for (:class:`~router.mtt.token_grants.TokenGrants` is one)."""
+
+    async def refresh(self) -> TokenSet:
+        """Refresh now (or join the refresh running)."""
+        ...
+
+    async def reload(self) -> None:
+        """Pick up a set stored elsewhere; remind the operator while a login is needed."""
+        ...
 
 
 class Refresher:
     """One owned task; :meth:`close` cancels it."""
 
-    def __init__(self, manager: TokenManager, changed: asyncio.Event, *, poll_s: float) -> None:
-        self._manager = manager
-        self._changed = changed
+    def __init__(self, tokens: WatchedTokens, source: TokenSource, *, poll_s: float) -> None:
+        self._tokens = tokens
+        self._source = source
         self._poll_s = poll_s
         self._task: asyncio.Task[None] | None = None
 
@@ -68,26 +101,27 @@ class Refresher:
                 await task
 
     async def _run(self) -> None:
-        manager = self._manager
+        watched, source = self._tokens, self._source
         backoff = BACKOFF_MIN_S
         last_attempt = float("-inf")
         while True:
-            self._changed.clear()
-            manager.update_gauges()
-            tokens = manager.tokens
-            if tokens is None or not manager.refreshable:
-                await self._wait(self._poll_s)
-                await manager.reload()
+            # Taken first: a change made while this round runs cuts its wait short.
+            change = watched.changed()
+            watched.update_gauges()
+            tokens = watched.tokens
+            if tokens is None or not watched.refreshable:
+                await change.wait(self._poll_s)
+                await source.reload()
                 continue
-            delay = next_refresh_at(tokens) - manager.now()
+            delay = next_refresh_at(tokens) - watched.now()
             if delay <= 0:
                 delay = last_attempt + MIN_INTERVAL_S - time.monotonic()  # never spin
             if delay > 0:
-                await self._wait(min(delay, MAX_SLEEP_S))
+                await change.wait(min(delay, MAX_SLEEP_S))
                 continue
             last_attempt = time.monotonic()
             try:
-                await manager.refresh()
+                await source.refresh()
                 backoff = BACKOFF_MIN_S
             except NeedsLoginError:
                 continue
@@ -95,10 +129,5 @@ class Refresher:
                 structlog.get_logger("router.auth").warning(
                     "token_refresh_retry", in_s=backoff, error_type=type(exc).__name__
                 )
-                await self._wait(backoff)
+                await change.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
-
-    async def _wait(self, delay_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay_s):
-                await self._changed.wait()

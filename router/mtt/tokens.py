@@ -1,10 +1,15 @@
-"""The OAuth token set: a value that is persisted, compared by version, and never printed."""
+"""The OAuth token set: a value that is persisted, compared by version, and never printed.
+
+Also the one shape of a token endpoint answer (:class:`TokenResponse`), which both the OAuth
+client and the simulator's authorisation server speak, and when a set is due for a refresh.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 ACCESS_REFRESH_AT = 0.8
 """Refresh the access token once this fraction of its lifetime has passed."""
@@ -12,16 +17,58 @@ ACCESS_REFRESH_AT = 0.8
 REFRESH_TOKEN_TTL_S = 3 * 24 * 3600.0
 """MTT's refresh tokens live 3 calendar days (the token endpoint does not say so; the doc does)."""
 
+REFRESH_TOKEN_MARGIN_S = 6 * 3600.0
+"""Refresh at least this long (at most 20% of its lifetime) before the refresh token lapses."""
 
-class TokenResponse(TypedDict, total=False):
-    """What ``POST /oauth/token`` answers."""
+
+class TokenResponse(TypedDict):
+    """What ``POST /oauth/token`` answers: MTT's document shows the first five keys, all present.
+
+    Only ``access_token`` is sure: a refresh may come back without a new refresh token (not
+    rotated), and ``refresh_expires_in`` is ours to fill in when a test shortens that lifetime.
+    """
 
     access_token: str
-    expires_in: int
-    refresh_token: str
-    scope: str
-    token_type: str
-    refresh_expires_in: int
+    expires_in: NotRequired[int]
+    refresh_token: NotRequired[str]
+    scope: NotRequired[str]
+    token_type: NotRequired[str]
+    refresh_expires_in: NotRequired[int]
+
+
+def token_response(data: Mapping[str, object]) -> TokenResponse:
+    """A decoded token endpoint answer, checked: ``ValueError`` without an access token.
+
+    Keys of the wrong type are left out (their defaults apply); lifetimes may be JSON numbers or
+    numeric strings.
+    """
+    access = data.get("access_token")
+    if not isinstance(access, str) or not access:
+        raise ValueError("token answer has no access_token")
+    answer: TokenResponse = {"access_token": access}
+    refresh = data.get("refresh_token")
+    if isinstance(refresh, str) and refresh:
+        answer["refresh_token"] = refresh
+    if expires_in := _seconds(data.get("expires_in")):
+        answer["expires_in"] = expires_in
+    if refresh_expires_in := _seconds(data.get("refresh_expires_in")):
+        answer["refresh_expires_in"] = refresh_expires_in
+    if isinstance(scope := data.get("scope"), str):
+        answer["scope"] = scope
+    if isinstance(token_type := data.get("token_type"), str):
+        answer["token_type"] = token_type
+    return answer
+
+
+def _seconds(value: object) -> int:
+    """A positive whole number of seconds from a JSON number or numeric string, else 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0
+    try:
+        seconds = int(float(value))
+    except (ValueError, OverflowError):
+        return 0
+    return max(seconds, 0)
 
 
 @dataclass(frozen=True)
@@ -58,6 +105,14 @@ class TokenSet:
             token_type=data.get("token_type", "Bearer"),
             version=version,
         )
+
+    @classmethod
+    def from_answer(
+        cls, data: Mapping[str, object], *, now: float | None = None, version: int = 0
+    ) -> TokenSet:
+        """Like :meth:`from_response`, from a decoded JSON object (checked by
+        :func:`token_response`)."""
+        return cls.from_response(token_response(data), now=now, version=version)
 
     def refresh_due_at(self) -> float:
         """When the access token should be refreshed (at 80% of its lifetime)."""
@@ -98,3 +153,13 @@ class TokenSet:
             token_type=str(data.get("token_type", "Bearer")),
             version=int(data.get("version", 0)),
         )
+
+
+def next_refresh_at(tokens: TokenSet) -> float:
+    """At 80% of the access lifetime, or earlier to keep the refresh token valid."""
+    due = tokens.refresh_due_at()
+    margin = min(REFRESH_TOKEN_MARGIN_S, 0.2 * (tokens.refresh_expires_at - tokens.obtained_at))
+    keep_alive = tokens.refresh_expires_at - margin
+    if keep_alive > tokens.obtained_at:  # else this set already carries a non-rotated token
+        due = min(due, keep_alive)
+    return due

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from router.mtt.tokens import TokenResponse
 from router.simulator.calls import CallEngine
 from router.simulator.config import SimConfig
 from router.simulator.faults import Faults
@@ -21,7 +22,7 @@ from router.simulator.pbx import Pbx
 from router.simulator.records import NotificationRecord, RequestRecord, SimCall
 from router.simulator.tokens import TokenAuthority
 from router.simulator.webhook import WebhookSender
-from router.simulator.wire import IdMaker, TokenAnswerWire
+from router.simulator.wire import IdMaker
 
 
 class Simulator:
@@ -145,7 +146,7 @@ class Simulator:
 
     # -- tokens ---------------------------------------------------------------------------
 
-    def issue_tokens(self) -> TokenAnswerWire:
+    def issue_tokens(self) -> TokenResponse:
         """A valid token answer without the OAuth dance (counted as a ``direct`` grant)."""
         return self.tokens.issue_direct()
 

@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from router.mtt.tokens import TokenResponse
 from router.simulator.config import SimConfig
-from router.simulator.wire import IdMaker, TokenAnswerWire
+from router.simulator.wire import IdMaker
 
 _PRUNE_AT = 1024
 
@@ -91,7 +92,7 @@ class TokenAuthority:
 
     # -- token ----------------------------------------------------------------------------
 
-    def grant(self, form: Mapping[str, str]) -> TokenAnswerWire:
+    def grant(self, form: Mapping[str, str]) -> TokenResponse:
         """Answer ``POST /oauth/token``; raise :class:`OAuthRefusal` as MTT would refuse."""
         try:
             return self._grant(form)
@@ -99,7 +100,7 @@ class TokenAuthority:
             self.refusals[exc.error] += 1
             raise
 
-    def _grant(self, form: Mapping[str, str]) -> TokenAnswerWire:
+    def _grant(self, form: Mapping[str, str]) -> TokenResponse:
         if (
             form.get("client_id") != self.config.client_id
             or form.get("client_secret") != self.config.client_secret
@@ -123,11 +124,11 @@ class TokenAuthority:
             return self._issue("refresh_token", self.config.refresh_grant_scope)
         raise OAuthRefusal(400, "unsupported_grant_type", f"grant_type {grant_type!r}")
 
-    def issue_direct(self) -> TokenAnswerWire:
+    def issue_direct(self) -> TokenResponse:
         """A valid token pair without the OAuth dance, for tests that only need to be authorised."""
         return self._issue("direct", self.config.refresh_grant_scope)
 
-    def _issue(self, grant: str, scope: str) -> TokenAnswerWire:
+    def _issue(self, grant: str, scope: str) -> TokenResponse:
         now = self._clock()
         if len(self.access) > _PRUNE_AT:
             self.access = {t: at for t, at in self.access.items() if at > now}

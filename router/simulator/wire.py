@@ -69,16 +69,6 @@ class VpbxNotificationWire(TypedDict):
 NotificationWire = CallNotificationWire | VpbxNotificationWire
 
 
-class TokenAnswerWire(TypedDict):
-    """``POST /oauth/token`` answer, the five keys of the document."""
-
-    access_token: str
-    expires_in: int
-    refresh_token: str
-    scope: str
-    token_type: str
-
-
 class ErrorWire(TypedDict):
     """The ``error`` object of an API error answer (JSON-RPC style, like ``params``/``result``)."""
 
