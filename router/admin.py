@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from router.errors import StorageError
 from router.numbers import NumberError, normalize
 from router.services import CONFIG, SERVICES, Services
-from router.state.redis import ClientMap
+from router.state.protocols import ClientStore
 
 T = TypeVar("T")
 
@@ -108,13 +108,13 @@ async def status(request: web.Request) -> web.Response:
             "inflight": services.engine.inflight,
             "busy": sorted(services.stores.presence.busy()),
         },
-        "storage": "redis" if services.config.uses_redis else "memory",
+        "storage": services.stores.description,
     }
     return web.json_response(body)
 
 
-def _client_map(request: web.Request) -> ClientMap:
-    """The Redis client map, after checking the bearer token (constant-time compare)."""
+def _client_map(request: web.Request) -> ClientStore:
+    """The storage's client map, after checking the bearer token (constant-time compare)."""
     services = _services(request)
     token = services.config.server.admin_token
     assert token is not None  # the routes exist only with a token
@@ -125,12 +125,13 @@ def _client_map(request: web.Request) -> ClientMap:
             content_type="application/json",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if services.stores.redis is None:
+    clients = services.stores.clients
+    if clients is None:
         raise web.HTTPConflict(
-            text='{"error": "per-client edits need storage: redis://"}',
+            text='{"error": "per-client edits need a shared storage (storage: redis://)"}',
             content_type="application/json",
         )
-    return services.stores.redis.clients
+    return clients
 
 
 def _number(request: web.Request) -> str:

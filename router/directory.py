@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
 import structlog
 
@@ -19,21 +19,12 @@ from router.errors import NeedsLoginError, StorageError, UpstreamError
 from router.metrics import Metrics
 from router.mtt.client import MttClient
 from router.numbers import try_normalize
+from router.state.protocols import SharedDirectory
 
 log = structlog.get_logger("router.directory")
 
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
-
-
-class SharedDirectory(Protocol):
-    """The Redis directory store as used here (see :class:`router.state.redis.DirectoryStore`)."""
-
-    async def save(self, kind: str, data: Any) -> int: ...
-
-    async def load(self, kind: str) -> Any: ...
-
-    async def watch(self, callback: Callable[[str, int], Awaitable[None]]) -> None: ...
 
 
 class Directory:

@@ -1,38 +1,49 @@
 """The engine: what the daemon does with each notification.
 
-A parked ``trying`` gets exactly one decision: claim the call id, decide (pure,
-:func:`router.routing.decide`), then ``transferCall`` to the chosen workplace — trying the next
-candidate if MTT refuses, while the decision budget lasts — or ``terminateCall`` to release it to
-the PBX. Other call states update who is on a call. ``vpbxNotifications`` refresh the directory.
+A parked ``trying`` gets exactly one decision, in four steps:
 
-Every decision ends in exactly one outcome (SPEC §7) and one canonical log line.
+1. **gather** — one storage step claims the call id and answers every read the candidate sources
+   declared (:mod:`router.sources`), into an immutable :class:`~router.context.CallerContext`;
+2. **fetch** — sources with their own I/O run, only when the sources before them named nobody;
+3. **decide** — :func:`router.routing.decide`, pure;
+4. **carry out** — :mod:`router.dispatch` sends the commands and computes the one outcome.
+
+Other call states update who is on a call; ``vpbxNotifications`` refresh the directory. Every
+decision ends in exactly one outcome (README, "Metrics") and one canonical log line.
+
+The engine depends on protocols only (a :class:`~router.dispatch.Commander`, a :class:`RulesView`,
+a :class:`DirectoryView`, a :class:`Clock` and the storage seams), so tests build it with fakes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 from collections import deque
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
 from router import callmodel
-from router.errors import (
-    NeedsLoginError,
-    StorageError,
-    UpstreamConnectionError,
-    UpstreamError,
-)
+from router.context import CallerContext, Verdict
+from router.dispatch import Commander, Outcome, Sender, carry_out, conclude
 from router.events import CallEvent, CallState, Event, VpbxEvent, VpbxEventType
 from router.metrics import Metrics
-from router.mtt.client import MttClient
-from router.routing import Action, Decision, decide
-from router.rules.source import RulesHolder
-from router.state import CallClaims, Presence
+from router.numbers import try_normalize
+from router.routing import Decision, decide
+from router.rules.model import Rules
+from router.rules.source import LoadedRules
+from router.sources import (
+    DEFAULT_SOURCES,
+    CandidateSource,
+    FetchingSource,
+    in_order,
+    next_fetch,
+    reads_for,
+)
+from router.state.protocols import CallStore, Presence
 
 log = structlog.get_logger("router.engine")
 
@@ -42,56 +53,82 @@ CLAIM_TTL_S = 3600.0
 BUSY_TTL_S = 4 * 3600.0
 """Safety net: a workplace whose ``finished`` never arrived is free again after this."""
 
-CLIENT_LOOKUP_TIMEOUT_S = 0.3
-"""A per-client lookup (Redis) that takes longer than this is skipped; the rules still apply."""
 
+class RulesView(Protocol):
+    """The rules in use (:class:`router.rules.source.RulesHolder`)."""
 
-class Outcome(enum.StrEnum):
-    """``mtt_router_decisions_total{outcome}``."""
-
-    TRANSFERRED = "transferred"
-    FALLBACK_PBX = "fallback_pbx"
-    WAITED = "waited"
-    MISSED_WINDOW = "missed_window"
-    DUPLICATE = "duplicate"
-    ERROR = "error"
-
-
-class ClientLookup(Protocol):
-    """Per-client manager overrides kept outside the rules file (Redis, for CRM sync)."""
-
-    async def get(self, number: str) -> str | None:
-        """The manager id for a caller number, or ``None``."""
+    @property
+    def current(self) -> LoadedRules | None:
+        """The rules to decide by, or ``None`` when none are loaded."""
         ...
 
 
-class Directory(Protocol):
-    """What the engine needs to know of the PBX (see :class:`router.directory.Directory`)."""
-
-    numbers: frozenset[str] | None
+class DirectoryView(Protocol):
+    """What the engine needs to know of the PBX (:class:`router.directory.Directory`)."""
 
     @property
-    def workplace_ids(self) -> frozenset[str] | None: ...
+    def numbers(self) -> frozenset[str] | None:
+        """The account's external numbers, normalised; ``None`` while unknown."""
+        ...
 
-    def request_refresh(self, what: Any = "all") -> None: ...
+    @property
+    def workplace_ids(self) -> frozenset[str] | None:
+        """The workplaces MTT lists; ``None`` before the first fetch."""
+        ...
+
+    def request_refresh(self, what: Literal["numbers", "workplaces", "all"] = "all") -> None:
+        """Fetch again soon."""
+        ...
 
 
-@dataclass
+class Clock(Protocol):
+    """Time as the engine sees it."""
+
+    def monotonic(self) -> float:
+        """The event loop's clock: receipt times, deadlines and latency are on it."""
+        ...
+
+    def now(self) -> datetime:
+        """Timezone-aware wall-clock time: schedules are judged by it."""
+        ...
+
+
+def utc_now() -> datetime:
+    """Now, in UTC."""
+    return datetime.now(UTC)
+
+
+class LoopClock:
+    """The real clock: the running loop's ``time()`` and the wall clock (``wall`` is injectable:
+    the demo pins it to a working Tuesday)."""
+
+    def __init__(self, wall: Callable[[], datetime] = utc_now) -> None:
+        self._wall = wall
+
+    def monotonic(self) -> float:
+        """``loop.time()``: the clock MTT client deadlines use."""
+        return asyncio.get_running_loop().time()
+
+    def now(self) -> datetime:
+        """The wall clock."""
+        return self._wall()
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """What happened to one parked call; also the canonical log line."""
 
     call_id: str
     caller: str | None
     callee: str | None
-    outcome: Outcome = Outcome.ERROR
+    outcome: Outcome
     manager: str | None = None
     workplace: str | None = None
     matched: str = "none"
-    reasons: list[str] = field(default_factory=list)
+    reasons: tuple[str, ...] = ()
     attempts: int = 0
     answered: bool = False
     """MTT answered one of our commands (``decision_seconds`` measures up to that answer)."""
-    latency_ms: float = 0.0
     error: str | None = None
 
 
@@ -102,24 +139,25 @@ class Engine:
         self,
         *,
         metrics: Metrics,
-        client: MttClient,
-        rules: RulesHolder,
-        directory: Directory,
-        claims: CallClaims,
+        commander: Commander,
+        rules: RulesView,
+        directory: DirectoryView,
+        calls: CallStore,
         presence: Presence,
         budget_ms: int,
-        clients: ClientLookup | None = None,
-        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Clock,
+        sources: Mapping[str, CandidateSource] = DEFAULT_SOURCES,
     ) -> None:
         self._metrics = metrics
-        self._client = client
+        self._commander = commander
         self._rules = rules
         self._directory = directory
-        self._claims = claims
+        self._calls = calls
         self._presence = presence
         self._budget_s = budget_ms / 1000.0
-        self._clients = clients
-        self._now = now
+        self._clock = clock
+        self._sources = sources
+        self._chain_for: tuple[Rules | None, tuple[CandidateSource, ...], bool] = (None, (), False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._presence_ops: deque[tuple[bool, str, str]] = deque()
@@ -130,7 +168,10 @@ class Engine:
     # -- intake -------------------------------------------------------------------------------
 
     def handle(self, event: Event, received_at: float) -> None:
-        """Act on a parsed notification; never raises, never blocks (work goes to tasks)."""
+        """Act on a parsed notification; never raises, never blocks (work goes to tasks).
+
+        ``received_at`` is the receipt time on :meth:`Clock.monotonic`.
+        """
         if isinstance(event, CallEvent):
             if event.state is CallState.TRYING:
                 if callmodel.is_parked_trying(event, self._directory.numbers):
@@ -225,145 +266,106 @@ class Engine:
     async def _route(
         self, event: CallEvent, received_at: float, workplaces: frozenset[str] | None
     ) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = received_at + self._budget_s
-        record = DecisionRecord(
-            call_id=event.call.id, caller=event.caller.number, callee=event.callee.number
-        )
         structlog.contextvars.bind_contextvars(call_id=event.call.id)
+        record = DecisionRecord(
+            event.call.id, event.caller.number, event.callee.number, Outcome.ERROR
+        )
         try:
-            claimed, override = await self._claim_and_look_up(event)
-            if not claimed:
-                record.outcome = Outcome.DUPLICATE
-                record.reasons.append("call id already claimed: decided once already")
-            else:
-                await self._decide_and_act(event, record, deadline, workplaces, override)
+            record = await self._decide_and_send(event, received_at, workplaces, record)
         except Exception as exc:  # a bug must cost one call, not the daemon
-            record.outcome = Outcome.ERROR
-            record.error = repr(exc)
+            record = DecisionRecord(
+                record.call_id, record.caller, record.callee, Outcome.ERROR, error=repr(exc)
+            )
             log.exception("decision_crashed")
         finally:
-            record.latency_ms = (loop.time() - received_at) * 1000.0
-            self._finish(record)
+            # Also when cancelled (a drain that timed out): every decision gets its line.
+            self._finish(record, (self._clock.monotonic() - received_at) * 1000.0)
 
-    async def _claim_and_look_up(self, event: CallEvent) -> tuple[bool, str | None]:
-        claim = self._claims.claim(event.call.id, CLAIM_TTL_S)
-        if self._clients is None or not event.caller.number:
-            return await claim, None  # memory: no round trip to overlap, no task to pay for
-        # With Redis the claim and the per-client lookup are independent round trips: overlap
-        # them (a duplicate's lookup is wasted, but duplicates are rare).
-        lookup = asyncio.ensure_future(self._client_override(event.caller.number))
-        try:
-            claimed = await claim
-        except BaseException:
-            lookup.cancel()
-            raise
-        return claimed, await lookup
+    def _chain(self, rules: Rules | None) -> tuple[tuple[CandidateSource, ...], bool]:
+        """The sources of ``rules.order`` and whether any does I/O; cached per rules version."""
+        cached_rules, chain, fetching = self._chain_for
+        if rules is not cached_rules:
+            chain = () if rules is None else in_order(rules, self._sources)
+            fetching = any(isinstance(source, FetchingSource) for source in chain)
+            self._chain_for = (rules, chain, fetching)
+        return chain, fetching
 
-    async def _decide_and_act(
+    async def _decide_and_send(
         self,
         event: CallEvent,
-        record: DecisionRecord,
-        deadline: float,
+        received_at: float,
         workplaces: frozenset[str] | None,
-        override: str | None,
-    ) -> None:
-        loaded = self._rules.current
-        if loaded is None:
-            record.reasons.append("no rules loaded: release to the PBX")
-            await self._terminate(event, record, deadline)
-            return
-        decision = decide(
-            event.caller.number,
-            loaded.rules,
-            now=self._now(),
-            busy=self._presence.busy(),
-            known_workplaces=workplaces,
-            client_manager=override,
+        record: DecisionRecord,
+    ) -> DecisionRecord:
+        loaded = self._rules.current  # one snapshot for the whole decision
+        rules = loaded.rules if loaded is not None else None
+        chain, fetching = self._chain(rules)
+        caller = try_normalize(event.caller.number)
+        gathered = await self._calls.claim_and_read(
+            event.call.id, CLAIM_TTL_S, reads_for(caller, chain)
         )
-        record.reasons.extend(decision.reasons)
-        record.matched = decision.matched.value
-        if decision.action is Action.TRANSFER:
-            await self._transfer(event, decision, record, deadline)
-        elif decision.action is Action.TERMINATE:
-            await self._terminate(event, record, deadline)
-        else:
-            record.outcome = Outcome.WAITED
+        if not gathered.claimed:
+            return DecisionRecord(
+                record.call_id,
+                record.caller,
+                record.callee,
+                Outcome.DUPLICATE,
+                reasons=("call id already claimed: decided once already",),
+            )
+        decision: Decision | None = None
+        if rules is not None:
+            context = CallerContext(
+                caller_raw=event.caller.number,
+                caller=caller,
+                callee=try_normalize(event.callee.number),
+                now=self._clock.now(),
+                busy=self._presence.busy(),
+                known_workplaces=workplaces,
+                stored=gathered.values,
+            )
+            if fetching:
+                context = await self._fetch(context, rules, chain)
+            decision = decide(context, rules, self._sources)
+        sender = Sender(
+            self._commander,
+            event.call,
+            event.transport_id,
+            deadline=received_at + self._budget_s,
+            clock=self._clock.monotonic,
+        )
+        attempts = await carry_out(decision, sender)
+        done = conclude(decision, attempts)
+        return DecisionRecord(
+            record.call_id,
+            record.caller,
+            record.callee,
+            done.outcome,
+            manager=done.manager,
+            workplace=done.workplace,
+            matched=decision.matched.value if decision is not None else "none",
+            reasons=(decision.reasons if decision is not None else ()) + done.reasons,
+            attempts=done.attempts,
+            answered=done.answered,
+            error=done.error,
+        )
 
-    async def _client_override(self, caller: str | None) -> str | None:
-        if self._clients is None or not caller:
-            return None
-        try:
-            async with asyncio.timeout(CLIENT_LOOKUP_TIMEOUT_S):
-                return await self._clients.get(caller)
-        except (StorageError, TimeoutError):
-            return None
-
-    async def _transfer(
-        self, event: CallEvent, decision: Decision, record: DecisionRecord, deadline: float
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        for target in decision.targets:
-            if loop.time() >= deadline:
-                break
-            record.attempts += 1
-            record.manager, record.workplace = target.manager, target.workplace
+    @staticmethod
+    async def _fetch(
+        context: CallerContext, rules: Rules, chain: Sequence[CandidateSource]
+    ) -> CallerContext:
+        while (source := next_fetch(context, rules, chain)) is not None:
             try:
-                await self._client.transfer_call(
-                    event.call, target.workplace, event.transport_id, deadline=deadline
-                )
-            except (NeedsLoginError, StorageError) as exc:
-                record.error = f"{type(exc).__name__}: {exc}"
-                record.outcome = Outcome.ERROR
-                return
-            except UpstreamError as exc:
-                record.error = f"{type(exc).__name__}: {exc}"
-                record.reasons.append(f"transfer to {target.manager} failed: {exc}")
-                record.answered = exc.status is not None
-                if loop.time() >= deadline:
-                    break  # the budget is spent (a timeout ends exactly here)
-                if not _refused(exc):
-                    # The request may have reached MTT (the connection broke after it was sent):
-                    # another transfer or a terminate could undo a transfer that happened.
-                    record.reasons.append("MTT may have applied it: no further command")
-                    record.outcome = Outcome.ERROR
-                    return
-                continue
-            record.answered = True
-            record.outcome = Outcome.TRANSFERRED
-            return
-        if loop.time() >= deadline:
-            record.outcome = Outcome.MISSED_WINDOW
-            record.reasons.append("decision budget spent")
-            return
-        # Every candidate was refused with time to spare: release the call to the PBX now rather
-        # than leave the client in 5 s of silence. The decision still counts as an error.
-        record.reasons.append("every candidate failed: release to the PBX")
-        error = record.error
-        await self._terminate(event, record, deadline)
-        if record.outcome is Outcome.FALLBACK_PBX:
-            record.outcome, record.error = Outcome.ERROR, error
+                verdict = await source.fetch(context, rules)
+            except Exception as exc:  # a source's bug must cost its verdict, not the call
+                log.exception("source_crashed", source=source.name)
+                verdict = Verdict(None, (f"{source.name} failed: {type(exc).__name__}",))
+            context = context.with_fetched(source.name, verdict)
+        return context
 
-    async def _terminate(self, event: CallEvent, record: DecisionRecord, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        if loop.time() >= deadline:
-            record.outcome = Outcome.MISSED_WINDOW
-            return
-        record.attempts += 1
-        try:
-            await self._client.terminate_call(event.call, event.transport_id, deadline=deadline)
-        except (UpstreamError, StorageError) as exc:
-            record.error = f"{type(exc).__name__}: {exc}"
-            record.answered = isinstance(exc, UpstreamError) and exc.status is not None
-            record.outcome = Outcome.MISSED_WINDOW if loop.time() >= deadline else Outcome.ERROR
-            return
-        record.answered = True
-        record.outcome = Outcome.FALLBACK_PBX
-
-    def _finish(self, record: DecisionRecord) -> None:
+    def _finish(self, record: DecisionRecord, latency_ms: float) -> None:
         self._outcomes[record.outcome].inc()
-        if record.answered:  # SPEC §7: receipt of trying -> MTT's answer to our command
-            self._metrics.decision_seconds.observe(record.latency_ms / 1000.0)
+        if record.answered:  # receipt of trying -> MTT's answer to our command
+            self._metrics.decision_seconds.observe(latency_ms / 1000.0)
         log.info(
             "decision",
             outcome=record.outcome.value,
@@ -373,15 +375,8 @@ class Engine:
             workplace=record.workplace,
             matched=record.matched,
             attempts=record.attempts,
-            latency_ms=round(record.latency_ms, 2),
-            reasons=record.reasons,
+            latency_ms=round(latency_ms, 2),
+            reasons=list(record.reasons),
             error=record.error,
         )
         structlog.contextvars.unbind_contextvars("call_id")
-
-
-def _refused(exc: UpstreamError) -> bool:
-    """True when MTT certainly did not apply the command: it answered, or nothing was sent."""
-    if isinstance(exc, UpstreamConnectionError):
-        return exc.retryable  # refused connection: nothing reached MTT
-    return exc.status is not None

@@ -1,7 +1,8 @@
-"""The routing decision: caller + rules + availability -> :class:`Decision`. Pure and fast.
+"""The routing decision: caller context + rules -> :class:`Decision`. Pure and fast.
 
-Order (SPEC §5): the caller's personal manager (the per-client override from the store, else
-``rules.clients``) -> the manager of the longest matching prefix -> the fallback managers in
+Order (rules/README.md, "How a call is decided"): the candidate sources in the rules' ``order``
+(:mod:`router.sources`: the caller's personal manager from the storage's client map, else
+``rules.clients``; then the manager of the longest matching prefix) -> the fallback managers in
 order -> ``otherwise``. Every candidate that is available becomes a :class:`Target`, in that order;
 the engine transfers to the first and may try the next if MTT refuses. A candidate is skipped,
 with a reason, when off schedule, busy, or at a workplace MTT does not list.
@@ -10,13 +11,16 @@ with a reason, when off schedule, busy, or at a workplace MTT does not list.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from router.numbers import try_normalize
+from router.context import CallerContext, MatchKind
 from router.rules.model import Manager, Otherwise, Rules
+from router.sources import DEFAULT_SOURCES, CandidateSource, in_order
+
+__all__ = ["Action", "Decision", "MatchKind", "Target", "decide"]
 
 
 class Action(enum.StrEnum):
@@ -25,15 +29,6 @@ class Action(enum.StrEnum):
     TRANSFER = "transfer"  # transferCall to targets[0]
     TERMINATE = "terminate"  # terminateCall: the PBX routes the call its usual way at once
     WAIT = "wait"  # nothing: the PBX routes the call when the parking window ends
-
-
-class MatchKind(enum.StrEnum):
-    """How a target was found."""
-
-    CLIENT = "client"
-    PREFIX = "prefix"
-    FALLBACK = "fallback"
-    NONE = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,39 +70,23 @@ class Decision:
 
 
 def _candidates(
-    number: str | None,
-    caller: str | None,
+    context: CallerContext,
     rules: Rules,
-    client_manager: str | None,
+    chain: Sequence[CandidateSource],
     reasons: list[str],
 ) -> list[tuple[str, MatchKind]]:
     """Manager ids to consider, in decision order, each with how it was found."""
     found: list[tuple[str, MatchKind]] = []
-    if number is None:
+    if context.caller is None:
+        caller = context.caller_raw
         shown = "missing" if not caller else f"unreadable ({caller!r})"
         reasons.append(f"caller number is {shown}: treated as an unknown caller")
     else:
-        personal = None
-        if client_manager is not None:
-            if client_manager in rules.managers:
-                personal = client_manager
-                reasons.append(f"caller {number} is client of {personal} (client store)")
-            else:
-                reasons.append(
-                    f"client store names unknown manager {client_manager!r} for {number}: ignored"
-                )
-        if personal is None:
-            personal = rules.clients.get(number)
-            if personal is not None:
-                reasons.append(f"caller {number} is client of {personal}")
-            else:
-                reasons.append(f"caller {number} is not a listed client")
-        if personal is not None:
-            found.append((personal, MatchKind.CLIENT))
-        prefix = rules.match_prefix(number)
-        if prefix is not None:
-            reasons.append(f"caller {number} matches prefix {prefix[0]}: {prefix[1]}")
-            found.append((prefix[1], MatchKind.PREFIX))
+        for source in chain:
+            verdict = source.resolve(context, rules)
+            reasons.extend(verdict.reasons)
+            if verdict.manager is not None:
+                found.append((verdict.manager, source.kind))
     found.extend((manager, MatchKind.FALLBACK) for manager in rules.fallback)
     return found
 
@@ -132,30 +111,30 @@ def _unavailable(
 
 
 def decide(
-    caller: str | None,
+    context: CallerContext,
     rules: Rules,
-    *,
-    now: datetime,
-    busy: Collection[str] = (),
-    known_workplaces: Collection[str] | None = None,
-    client_manager: str | None = None,
+    sources: Mapping[str, CandidateSource] = DEFAULT_SOURCES,
 ) -> Decision:
-    """Decide what to do with a parked call from ``caller`` (a raw number from the notification).
+    """Decide what to do with the parked call that ``context`` describes.
 
-    ``now`` should be timezone-aware (a naive one is taken as rules-local time); ``busy`` holds
-    workplaces known to be on a call; ``known_workplaces``, when not None, the workplaces MTT
-    lists; ``client_manager`` overrides ``rules.clients`` for this caller (the per-client store).
+    The sources named in ``rules.order`` are walked in that order (each source that names a
+    manager adds a candidate), then the fallback managers; each candidate is judged against
+    ``context.now`` (a naive time is taken as rules-local), ``context.busy`` and
+    ``context.known_workplaces``.
     """
     reasons: list[str] = []
-    number = try_normalize(caller)
+    number = context.caller
+    now = context.now
     if now.tzinfo is None:
         local_now = now.replace(tzinfo=rules.timezone)
     else:
         local_now = now.astimezone(rules.timezone)
+    busy, known_workplaces = context.busy, context.known_workplaces
     targets: list[Target] = []
     seen_managers: set[str] = set()
     taken: dict[str, str] = {}  # workplace -> manager already targeted there
-    for manager_id, via in _candidates(number, caller, rules, client_manager, reasons):
+    chain = in_order(rules, sources)
+    for manager_id, via in _candidates(context, rules, chain, reasons):
         if manager_id in seen_managers:
             continue  # e.g. a client's manager who is also the fallback: judged once
         seen_managers.add(manager_id)

@@ -19,13 +19,13 @@ from aiohttp import web
 
 from router.config import Config
 from router.directory import Directory
-from router.engine import Engine
+from router.engine import Engine, LoopClock
 from router.errors import StorageError
 from router.metrics import Metrics
 from router.mtt.auth import TokenManager
 from router.mtt.client import MttClient, make_session
 from router.mtt.oauth import OAuthClient
-from router.rules.source import FileRulesSource, RedisRulesSource, RulesHolder
+from router.rules.source import FileRulesSource, RulesHolder, SharedRulesSource
 from router.state.factory import Stores, open_stores
 
 log = structlog.get_logger("router")
@@ -42,7 +42,7 @@ class Services:
     tokens: TokenManager
     mtt: MttClient
     rules: RulesHolder
-    rules_source: FileRulesSource | RedisRulesSource
+    rules_source: FileRulesSource | SharedRulesSource
     directory: Directory
     engine: Engine
     started_at: float
@@ -108,15 +108,16 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             metrics,
             # The OAuth callback may land on another replica: while waiting for a login, re-read
             # the shared store every second (one HMGET) rather than leave calls unrouted for 15 s.
-            poll_s=SHARED_TOKENS_POLL_S if config.uses_redis else LOCAL_TOKENS_POLL_S,
+            poll_s=SHARED_TOKENS_POLL_S if stores.shared else LOCAL_TOKENS_POLL_S,
         )
         await tokens.start()
         stack.push_async_callback(tokens.close)
         mtt = MttClient(session, config.mtt.api_url, tokens, metrics)
         holder = RulesHolder(metrics)
-        source: FileRulesSource | RedisRulesSource
-        if config.rules.source == "redis" and stores.redis is not None:
-            source = RedisRulesSource(stores.redis.rules, holder)
+        source: FileRulesSource | SharedRulesSource
+        if config.rules.source == "redis" and stores.shared_rules is not None:
+            # The config refuses rules.source: redis without a shared storage.
+            source = SharedRulesSource(stores.shared_rules, holder)
         else:
             source = FileRulesSource(config.rules.path, holder)
         await source.start()
@@ -125,7 +126,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             mtt,
             metrics,
             park=config.routing.park,
-            shared=stores.redis.directory if stores.redis is not None else None,
+            shared=stores.shared_directory,
         )
         check = functools.partial(report_unlisted_workplaces, holder, directory, metrics)
         holder.listeners.append(check)
@@ -134,14 +135,13 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         stack.push_async_callback(directory.close)
         engine = Engine(
             metrics=metrics,
-            client=mtt,
+            commander=mtt,
             rules=holder,
             directory=directory,
-            claims=stores.claims,
+            calls=stores.calls,
             presence=stores.presence,
             budget_ms=config.routing.decision_budget_ms,
-            clients=stores.redis.clients if stores.redis is not None else None,
-            now=app.get(CLOCK, real_clock),
+            clock=LoopClock(app.get(CLOCK, real_clock)),
         )
         # Closed first: in-flight decisions finish (bounded by the budget) while the session,
         # tokens and stores they use are still open.

@@ -270,23 +270,33 @@ async def test_park_switches_parking_on_at_start(
 
 
 async def test_refused_transfer_goes_to_the_next_candidate(daemon: RunningDaemon) -> None:
-    """transferCall answered 500 once: the next candidate (the fallback) gets the call."""
-    daemon.sim.faults.set("transferCall", EndpointFault(status=500, count=1))
+    """transferCall answered 400 once (certainly not applied): the fallback gets the call."""
+    daemon.sim.faults.set("transferCall", EndpointFault(status=400, count=1))
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(call) == "transferred"
     assert routed_to(call) == SIDOROV_WP
-    assert commands(daemon, call.id) == [500, 200]
+    assert commands(daemon, call.id) == [400, 200]
     await daemon.wait_decisions(1)
     assert daemon.decisions("transferred") == 1
-    assert daemon.sample("mtt_router_api_requests_total", method="transferCall", code="500") == 1
+    assert daemon.sample("mtt_router_api_requests_total", method="transferCall", code="400") == 1
+
+
+async def test_transfer_answered_5xx_gets_no_second_command(daemon: RunningDaemon) -> None:
+    """transferCall answered 500 (MTT may have applied it): no further command; outcome error."""
+    daemon.sim.faults.set("transferCall", EndpointFault(status=500, count=1))
+    call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
+    await daemon.wait_decisions(1)
+    assert daemon.decisions("error") == 1
+    assert commands(daemon, call.id) == [500]
+    assert commands(daemon, call.id, "terminateCall") == []
 
 
 async def test_every_transfer_refused_releases_the_call_to_the_pbx(daemon: RunningDaemon) -> None:
     """Every candidate refused with time left: terminateCall (no 5 s of silence); outcome error."""
-    daemon.sim.faults.set("transferCall", EndpointFault(status=500))
+    daemon.sim.faults.set("transferCall", EndpointFault(status=400))
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(call) == "terminated"
-    assert commands(daemon, call.id) == [500, 500]  # ivanov, then fallback sidorov
+    assert commands(daemon, call.id) == [400, 400]  # ivanov, then fallback sidorov
     assert commands(daemon, call.id, "terminateCall") == [200]
     await daemon.wait_decisions(1)
     assert daemon.decisions("error") == 1

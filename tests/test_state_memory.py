@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from router.context import Read
 from router.mtt.tokens import TokenSet
 from router.state.memory import (
     FileTokenStore,
-    MemoryCallClaims,
+    MemoryCallStore,
     MemoryOAuthStates,
     MemoryPresence,
     MemoryTokenStore,
@@ -229,27 +230,37 @@ async def test_states_are_bounded() -> None:
 # -- call claims -------------------------------------------------------------------------------
 
 
-async def test_first_claim_wins_until_expiry() -> None:
+def test_first_claim_wins_until_expiry() -> None:
     """Only the first claimant of a call id gets True while the claim lives."""
     clock = Clock()
-    claims = MemoryCallClaims(clock=clock)
-    assert await claims.claim("c1", 30)
-    assert not await claims.claim("c1", 30)
-    assert await claims.claim("c2", 30)
+    claims = MemoryCallStore(clock=clock)
+    assert claims.claim("c1", 30)
+    assert not claims.claim("c1", 30)
+    assert claims.claim("c2", 30)
     clock.now += 30
-    assert await claims.claim("c1", 30)
+    assert claims.claim("c1", 30)
 
 
-async def test_claims_are_pruned() -> None:
+def test_claims_are_pruned() -> None:
     """Expired claims are dropped periodically, so the table stays bounded."""
     clock = Clock()
-    claims = MemoryCallClaims(clock=clock, prune_every_s=60)
+    claims = MemoryCallStore(clock=clock, prune_every_s=60)
     for i in range(1000):
-        await claims.claim(f"call-{i}", 10)
+        claims.claim(f"call-{i}", 10)
     assert len(claims) == 1000
     clock.now += 61
-    await claims.claim("late", 10)
+    claims.claim("late", 10)
     assert len(claims) == 1
+
+
+async def test_claim_and_read_answers_every_read_with_nothing_stored() -> None:
+    """Memory storage keeps no client map: each read is answered None, the claim still counts."""
+    calls = MemoryCallStore(clock=Clock())
+    read = Read("clients", "79219462761")
+    first = await calls.claim_and_read("c1", 30, [read])
+    again = await calls.claim_and_read("c1", 30, [read])
+    assert (first.claimed, dict(first.values)) == (True, {read: None})
+    assert again.claimed is False
 
 
 # -- presence ---------------------------------------------------------------------------------

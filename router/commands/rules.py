@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from router.commands._groups import Subparsers, add_group
+from router.context import CallerContext
 from router.errors import RulesError
 from router.numbers import try_normalize
 from router.routing import Action, Decision, decide
@@ -152,13 +153,14 @@ def _explain(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     at: datetime = args.at if args.at is not None else datetime.now(UTC)
     at = at.replace(tzinfo=rules.timezone) if at.tzinfo is None else at
-    decision = decide(
+    context = CallerContext.of(
         args.caller,
-        rules,
+        callee=args.callee,
         now=at,
         busy=frozenset(args.busy),
         known_workplaces=None if args.workplaces is None else frozenset(args.workplaces),
     )
+    decision = decide(context, rules)
     local = at.astimezone(rules.timezone)
     if args.json:
         out = decision.to_json()

@@ -16,6 +16,10 @@ from router.rules.schedule import Schedule
 
 FORMAT_VERSION = 1
 
+DEFAULT_ORDER = ("clients", "lookup", "learned", "prefixes")
+"""The order candidate sources are consulted in (see :mod:`router.sources`); a name with no
+registered source is skipped."""
+
 
 class Otherwise(enum.StrEnum):
     """What to do with a parked call when no manager is available."""
@@ -61,6 +65,7 @@ class Rules:
     fallback: tuple[str, ...] = ()
     otherwise: Otherwise = Otherwise.PBX
     digest: str = ""
+    order: tuple[str, ...] = DEFAULT_ORDER
     # Distinct prefix lengths, longest first: a lookup tries at most one dict probe per length.
     _prefix_lengths: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
@@ -71,6 +76,7 @@ class Rules:
         set_(self, "clients", _frozen(self.clients))
         set_(self, "prefixes", _frozen(self.prefixes))
         set_(self, "fallback", tuple(self.fallback))
+        set_(self, "order", tuple(self.order))
         set_(self, "otherwise", Otherwise(self.otherwise))
         lengths = sorted({len(p) for p in self.prefixes}, reverse=True)
         set_(self, "_prefix_lengths", tuple(lengths))

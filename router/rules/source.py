@@ -12,10 +12,9 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import structlog
 
@@ -23,6 +22,7 @@ from router.errors import RulesError, StorageError
 from router.metrics import Metrics
 from router.rules.loader import load_rules, load_rules_file
 from router.rules.model import Rules
+from router.state.protocols import SharedRules
 
 log = structlog.get_logger("router.rules")
 
@@ -136,18 +136,9 @@ class FileRulesSource:
                 log.exception("rules_watch_failed", path=str(self.path))
 
 
-class SharedRules(Protocol):
-    """The Redis rules store as this source uses it (see :class:`router.state.redis.RulesStore`)."""
-
-    async def pull(self) -> tuple[int, str] | None: ...
-
-    async def watch(
-        self, callback: Callable[[int], Awaitable[None]], *, known_version: int | None = None
-    ) -> None: ...
-
-
-class RedisRulesSource:
-    """Rules pushed to Redis by ``mtt-router rules push``; every replica follows the newest version.
+class SharedRulesSource:
+    """Rules pushed to the shared storage by ``mtt-router rules push``; every replica follows the
+    newest version.
 
     Pub/sub brings a new version within moments (the store also polls, for lost messages). Until
     a version exists the holder stays empty: the daemon is not ready and releases parked calls to

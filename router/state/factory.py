@@ -1,4 +1,8 @@
-"""Build the stores the configuration asks for: the one place that knows which backend is which."""
+"""Build the stores the configuration asks for: the one place that knows which backend is which.
+
+Everything else sees :class:`Stores`: one implementation of each seam of
+:mod:`router.state.protocols`, and ``None`` for a capability the backend lacks.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,23 @@ from dataclasses import dataclass, field
 
 from router.config import Config
 from router.metrics import Metrics
-from router.state import CallClaims, OAuthStateStore, Presence, TokenStore
 from router.state.memory import (
     FileTokenStore,
-    MemoryCallClaims,
+    MemoryCallStore,
     MemoryOAuthStates,
     MemoryPresence,
 )
-from router.state.redis import RedisStores, open_redis_stores
+from router.state.protocols import (
+    CallStore,
+    ClientStore,
+    OAuthStateStore,
+    Presence,
+    SharedDirectory,
+    SharedRules,
+    TokenStore,
+)
+from router.state.redis import open_redis_stores
+from router.state.redis_conn import redact_url
 
 
 async def _always_up() -> bool:
@@ -25,14 +38,22 @@ async def _always_up() -> bool:
 class Stores:
     """The state backends of one process; :meth:`aclose` releases whatever they hold."""
 
+    description: str
+    """What backs them, for ``/status`` (``memory``, or the Redis URL without its password)."""
     tokens: TokenStore
     states: OAuthStateStore
-    claims: CallClaims
+    calls: CallStore
     presence: Presence
+    clients: ClientStore | None = None
+    """Per-client edits (``mtt-router clients``, ``/clients/{number}``); a shared storage only."""
+    shared_rules: SharedRules | None = None
+    """Rules pushed with ``mtt-router rules push`` (``rules.source: redis``)."""
+    shared_directory: SharedDirectory | None = None
+    """The directory one replica fetched, adopted by the others."""
+    shared: bool = False
+    """True when other processes (replicas) share this state: a login may land on any of them."""
     pinger: Callable[[], Awaitable[bool]] = _always_up
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    redis: RedisStores | None = None
-    """With ``storage: redis://``: the shared rules, client map and directory stores too."""
 
     async def ping(self) -> bool:
         """True when the storage answers (memory always does)."""
@@ -49,19 +70,24 @@ async def open_stores(config: Config, metrics: Metrics | None = None) -> Stores:
     if config.uses_redis:
         redis = await open_redis_stores(config, metrics if metrics is not None else Metrics())
         return Stores(
+            description=redact_url(config.storage),
             tokens=redis.tokens,
             states=redis.states,
-            claims=redis.claims,
+            calls=redis.calls,
             presence=redis.presence,
+            clients=redis.clients,
+            shared_rules=redis.rules,
+            shared_directory=redis.directory,
+            shared=True,
             pinger=redis.ping,
             closers=[redis.aclose],
-            redis=redis,
         )
     if metrics is not None:
         metrics.storage_up.set(1)  # memory always answers; 0 would page someone for nothing
     return Stores(
+        description="memory",
         tokens=FileTokenStore(config.tokens_file),
         states=MemoryOAuthStates(),
-        claims=MemoryCallClaims(),
+        calls=MemoryCallStore(),
         presence=MemoryPresence(),
     )

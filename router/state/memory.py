@@ -14,14 +14,16 @@ import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from router.context import Read
 from router.errors import StorageError
 from router.mtt.tokens import TokenSet
+from router.state.protocols import Gathered
 
 FILE_MODE = 0o600
 LOCK_POLL_S = 0.05
@@ -195,8 +197,12 @@ class MemoryOAuthStates:
         return expires is not None and self._clock() < expires
 
 
-class MemoryCallClaims:
-    """First claimant of a call id wins; expired claims are pruned so the dict stays bounded."""
+class MemoryCallStore:
+    """First claimant of a call id wins; expired claims are pruned so the dict stays bounded.
+
+    Memory storage keeps no client map (per-client edits need a shared storage), so every read is
+    answered ``None`` at once: the claim and the reads cost no I/O at all.
+    """
 
     def __init__(
         self, *, clock: Callable[[], float] = time.monotonic, prune_every_s: float = 60.0
@@ -209,7 +215,11 @@ class MemoryCallClaims:
     def __len__(self) -> int:
         return len(self._expires)
 
-    async def claim(self, call_id: str, ttl_s: float) -> bool:
+    async def claim_and_read(self, call_id: str, ttl_s: float, reads: Sequence[Read]) -> Gathered:
+        """Claim ``call_id``; nothing is stored for any read."""
+        return Gathered(self.claim(call_id, ttl_s), dict.fromkeys(reads))
+
+    def claim(self, call_id: str, ttl_s: float) -> bool:
         """True for the first claim of ``call_id`` within ``ttl_s``."""
         now = self._clock()
         if now >= self._next_prune:

@@ -33,10 +33,12 @@ from redis.exceptions import RedisError
 
 from router.config import Config
 from router.metrics import Metrics
-from router.state.redis_calls import LocalClaims, RedisCallClaims, RedisPresence
+from router.sources import CLIENTS_SPACE
+from router.state.redis_claims import LocalClaims, RedisCallStore
 from router.state.redis_clients import ClientMap, ImportResult
 from router.state.redis_conn import HealthProbe, RedisHealth, RedisOps, Role, connect
 from router.state.redis_directory import DirectorySnapshot, DirectoryStore
+from router.state.redis_presence import RedisPresence
 from router.state.redis_rules import RulesStore
 from router.state.redis_tokens import RedisOAuthStateStore, RedisTokenStore
 
@@ -46,7 +48,7 @@ __all__ = [
     "DirectoryStore",
     "ImportResult",
     "LocalClaims",
-    "RedisCallClaims",
+    "RedisCallStore",
     "RedisHealth",
     "RedisOAuthStateStore",
     "RedisOps",
@@ -67,7 +69,7 @@ class RedisStores:
     health: RedisHealth
     tokens: RedisTokenStore
     states: RedisOAuthStateStore
-    claims: RedisCallClaims
+    calls: RedisCallStore
     presence: RedisPresence
     rules: RulesStore
     clients: ClientMap
@@ -104,15 +106,17 @@ async def open_redis_stores(
     client = connect(config.storage, role=role)
     health = RedisHealth(metrics)
     ops = RedisOps(client, prefix=config.storage_prefix, metrics=metrics, health=health, role=role)
+    clients = ClientMap(ops)
     stores = RedisStores(
         ops=ops,
         health=health,
         tokens=RedisTokenStore(ops),
         states=RedisOAuthStateStore(ops),
-        claims=RedisCallClaims(ops),
+        # A space per storage read a candidate source declares (router/sources.py).
+        calls=RedisCallStore(ops, spaces={CLIENTS_SPACE: clients}),
         presence=RedisPresence(ops),
         rules=RulesStore(ops),
-        clients=ClientMap(ops),
+        clients=clients,
         directory=DirectoryStore(ops),
     )
     await ops.ping()

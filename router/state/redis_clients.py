@@ -121,24 +121,48 @@ class ClientMap:
         normal = try_normalize(number)
         if normal is None:
             return None
-        if self._cache_live and (cached := self._cache.get(normal)) is not None:
-            self._cache.move_to_end(normal)
-            return cached or None
-        generation = self._generation
+        hit, cached = self.cached(normal)
+        if hit:
+            return cached
+        generation = self.generation
         client = self._ops.client
         try:
             value = await self._ops.run("clients.get", lambda: client.hget(self.key, normal))
         except StorageError:
-            if (stale := self._cache.get(normal)) is not None:
-                return stale or None
+            hit, stale = self.stale(normal)
+            if hit:
+                return stale
             raise
         manager = None if value is None else str(value)
+        self.remember(normal, manager, generation)
+        return manager
+
+    # -- as a space of the call store (one round trip with the claim) -----------------------
+
+    @property
+    def generation(self) -> int:
+        """Bumped on every invalidation; pass it to :meth:`remember` with the answer it got."""
+        return self._generation
+
+    def cached(self, number: str) -> tuple[bool, str | None]:
+        """``(True, manager or None)`` when the cache may answer for the normalised ``number``."""
+        if self._cache_live and (cached := self._cache.get(number)) is not None:
+            self._cache.move_to_end(number)
+            return True, cached or None
+        return False, None
+
+    def stale(self, number: str) -> tuple[bool, str | None]:
+        """What the cache last knew, trusted or not: served while Redis is down."""
+        cached = self._cache.get(number)
+        return (False, None) if cached is None else (True, cached or None)
+
+    def remember(self, number: str, manager: str | None, generation: int) -> None:
+        """Cache an answer read at ``generation``, unless an invalidation raced with the read."""
         if self._cache_live and generation == self._generation:
-            self._cache[normal] = manager or _MISSING
-            self._cache.move_to_end(normal)
+            self._cache[number] = manager or _MISSING
+            self._cache.move_to_end(number)
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return manager
 
     async def set(self, number: str, manager: str) -> str:
         """Make ``manager`` the personal manager of ``number``; returns the normalised number.

@@ -6,15 +6,16 @@ import asyncio
 import json
 import time
 
-from router.state.redis_calls import LocalClaims, RedisCallClaims, RedisPresence
+from router.state.redis_claims import LocalClaims, RedisCallStore
 from router.state.redis_conn import RedisOps
+from router.state.redis_presence import RedisPresence
 from tests.fixtures.net import RedisServer
 from tests.storage.conftest import MakeOps, errors, eventually, wait_until
 
 
 async def test_each_call_is_claimed_once_across_two_replicas(make_ops: MakeOps) -> None:
     """Two replicas (separate connections) racing for each of 50 calls: exactly one wins."""
-    one, two = RedisCallClaims(make_ops()), RedisCallClaims(make_ops())
+    one, two = RedisCallStore(make_ops()), RedisCallStore(make_ops())
     for i in range(50):
         results = await asyncio.gather(one.claim(f"call-{i}", 30), two.claim(f"call-{i}", 30))
         assert sorted(results) == [False, True]
@@ -23,7 +24,7 @@ async def test_each_call_is_claimed_once_across_two_replicas(make_ops: MakeOps) 
 
 async def test_claim_key_expires(ops: RedisOps) -> None:
     """The claim key carries the TTL asked for."""
-    assert await RedisCallClaims(ops).claim("c-ttl", 30)
+    assert await RedisCallStore(ops).claim("c-ttl", 30)
     assert 0 < await ops.client.pttl("test:claim:c-ttl") <= 30_000
 
 
@@ -31,7 +32,7 @@ async def test_claim_falls_back_to_memory_while_redis_is_down(
     outage_ops: RedisOps, redis_server: RedisServer
 ) -> None:
     """Redis stopped: a claim still succeeds once per call on this replica, fast, and counted."""
-    claims = RedisCallClaims(outage_ops)
+    claims = RedisCallStore(outage_ops)
     assert await claims.claim("before", 30)
     redis_server.stop()
     started = time.monotonic()

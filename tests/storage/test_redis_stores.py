@@ -27,7 +27,7 @@ async def test_open_redis_stores_shares_one_pool(redis_url: str, make_ops: MakeO
         assert stores.health.up
         assert metrics.registry.get_sample_value("mtt_router_storage_up") == 1
         assert await stores.ping()
-        assert await stores.claims.claim("call-1", 30)
+        assert await stores.calls.claim("call-1", 30)
         await stores.presence.set_busy("wp1", "call-1", 60)
         await stores.clients.set("79219462761", "ivanov")
         assert await stores.rules.push("text") == 1
@@ -49,7 +49,7 @@ async def test_open_redis_stores_with_redis_down_does_not_fail() -> None:
     try:
         assert not stores.health.up
         assert stores.presence.busy() == frozenset()
-        assert await stores.claims.claim("call-1", 30)  # the local fallback
+        assert await stores.calls.claim("call-1", 30)  # the local fallback
     finally:
         await stores.aclose()
 

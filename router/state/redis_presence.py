@@ -1,8 +1,7 @@
-"""Per-call claims and presence (who is on a call) in Redis, with local fallbacks.
+"""Presence (who is on a call) in Redis, served from a local view that survives outages.
 
 Keys (``P`` is ``storage_prefix``):
 
-- ``P claim:<call id>`` — SET NX PX: the first replica to set it decides the call.
 - ``P presence`` — sorted set of ``<workplace>|<call id>`` scored by expiry (Redis time, ms);
   expired members are trimmed on every write and the key's TTL covers its longest member.
 - ``P presence:ended`` — sorted set of ``<workplace>|<call id>`` freed in the last hour: a "busy"
@@ -11,8 +10,7 @@ Keys (``P`` is ``storage_prefix``):
   when each replica writes back what it saw); without this the workplace would stay busy.
 - ``P presence:changed`` — channel: one JSON message per change, applied by the other replicas.
 
-Both keep working while Redis is down: a claim falls back to this process's memory (so one replica
-never decides a call twice), and presence keeps and serves its local view, writing the changes
+It keeps working while Redis is down: presence keeps and serves its local view, writing the changes
 made meanwhile back to Redis once it answers again.
 """
 
@@ -21,10 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import socket
 import time
-from collections import OrderedDict
 
 import structlog
 
@@ -34,7 +29,6 @@ from router.state.redis_pubsub import Subscriber
 
 log = structlog.get_logger("router.state")
 
-LOCAL_CLAIMS_MAX = 100_000
 PRESENCE_SYNC_S = 2.0
 ENDED_TTL_MS = 3_600_000
 """How long a freed call is remembered (so a late "busy" for it is refused)."""
@@ -75,74 +69,12 @@ return {now, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORE
 """
 
 
-def replica_id() -> str:
-    """``host:pid``: stored as the owner of claims, to tell replicas apart when debugging."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 UNSYNCED_MAX = 50_000
 """Presence changes kept for write-back while Redis is down, at most (about 1 h of calls)."""
 
 
-class LocalClaims:
-    """In-process claims with expiry, bounded to ``max_entries`` (the oldest go first)."""
-
-    def __init__(self, max_entries: int = LOCAL_CLAIMS_MAX) -> None:
-        self._expiry: OrderedDict[str, float] = OrderedDict()
-        self.max_entries = max_entries
-
-    def claim(self, call_id: str, ttl_s: float) -> bool:
-        """True for the first claim of ``call_id`` within ``ttl_s``, False for any other."""
-        now = time.monotonic()
-        expiry = self._expiry.get(call_id)
-        if expiry is not None and expiry > now:
-            return False
-        self._expiry[call_id] = now + ttl_s
-        self._expiry.move_to_end(call_id)
-        # Claims share one TTL in practice, so expired ones gather at the front.
-        while self._expiry:
-            oldest, oldest_expiry = next(iter(self._expiry.items()))
-            if oldest_expiry > now and len(self._expiry) <= self.max_entries:
-                break
-            del self._expiry[oldest]
-        return True
-
-    def __len__(self) -> int:
-        return len(self._expiry)
-
-
-class RedisCallClaims:
-    """:class:`~router.state.CallClaims` across replicas (SET NX PX), falling back to memory.
-
-    The local claim is taken first and kept, so a call claimed while Redis was up is not claimed
-    again here while it is down (and vice versa). While Redis is down, two *different* replicas
-    could both claim a call: that is the price of deciding at all.
-    """
-
-    def __init__(self, ops: RedisOps, *, local: LocalClaims | None = None) -> None:
-        self._ops = ops
-        self._local = local if local is not None else LocalClaims()
-        self._owner = replica_id()
-
-    async def claim(self, call_id: str, ttl_s: float) -> bool:
-        """True for the first claimant of ``call_id`` within ``ttl_s`` on any replica."""
-        if not self._local.claim(call_id, ttl_s):
-            return False
-        client = self._ops.client
-        ttl_ms = max(1, int(ttl_s * 1000))
-        key = self._ops.key("claim", call_id)
-        try:
-            got = await self._ops.run(
-                "claim", lambda: client.set(key, self._owner, nx=True, px=ttl_ms)
-            )
-        except StorageError as exc:
-            log.warning("claim_local_fallback", call_id=call_id, error=str(exc))
-            return True
-        return bool(got)
-
-
 class RedisPresence:
-    """:class:`~router.state.Presence` shared through Redis, read from a local view.
+    """:class:`~router.state.protocols.Presence` shared through Redis, read from a local view.
 
     ``busy()`` never waits on Redis. The view follows this replica's own changes at once, other
     replicas' via pub/sub, and a full snapshot on every (re)subscription and every

@@ -1,0 +1,159 @@
+"""Per-call claims, and the reads a decision needs, in Redis: one round trip per parked call.
+
+Keys (``P`` is ``storage_prefix``):
+
+- ``P claim:<call id>`` — SET NX PX: the first replica to set it decides the call.
+- the hashes of the spaces read with the claim (``P clients``: see
+  :mod:`router.state.redis_clients`).
+
+While Redis is down a claim falls back to this process's memory (so one replica never decides a
+call twice) and reads are answered from the spaces' caches where they can be.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from router.context import Read
+from router.errors import StorageError
+from router.state.protocols import Gathered
+from router.state.redis_conn import RedisOps
+
+log = structlog.get_logger("router.state")
+
+LOCAL_CLAIMS_MAX = 100_000
+
+
+def replica_id() -> str:
+    """``host:pid``: stored as the owner of claims, to tell replicas apart when debugging."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class LocalClaims:
+    """In-process claims with expiry, bounded to ``max_entries`` (the oldest go first)."""
+
+    def __init__(self, max_entries: int = LOCAL_CLAIMS_MAX) -> None:
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self.max_entries = max_entries
+
+    def claim(self, call_id: str, ttl_s: float) -> bool:
+        """True for the first claim of ``call_id`` within ``ttl_s``, False for any other."""
+        now = time.monotonic()
+        expiry = self._expiry.get(call_id)
+        if expiry is not None and expiry > now:
+            return False
+        self._expiry[call_id] = now + ttl_s
+        self._expiry.move_to_end(call_id)
+        # Claims share one TTL in practice, so expired ones gather at the front.
+        while self._expiry:
+            oldest, oldest_expiry = next(iter(self._expiry.items()))
+            if oldest_expiry > now and len(self._expiry) <= self.max_entries:
+                break
+            del self._expiry[oldest]
+        return True
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+
+class HashSpace(Protocol):
+    """A storage space kept in one Redis hash with a local cache (the client map is one)."""
+
+    key: str
+    """The hash's key."""
+
+    @property
+    def generation(self) -> int:
+        """The cache's generation, to pass to :meth:`remember` with an answer read now."""
+        ...
+
+    def cached(self, field: str) -> tuple[bool, str | None]:
+        """``(True, value)`` when the cache may answer for ``field``."""
+        ...
+
+    def stale(self, field: str) -> tuple[bool, str | None]:
+        """What the cache last knew (served while Redis is down)."""
+        ...
+
+    def remember(self, field: str, value: str | None, generation: int) -> None:
+        """Cache ``value`` read at ``generation``."""
+        ...
+
+
+class RedisCallStore:
+    """:class:`~router.state.protocols.CallStore` across replicas: SET NX PX plus HGETs, in one
+    pipelined round trip (none for the reads the spaces' caches answer), falling back to memory.
+
+    The local claim is taken first and kept, so a call claimed while Redis was up is not claimed
+    again here while it is down (and vice versa). While Redis is down, two *different* replicas
+    could both claim a call: that is the price of deciding at all. ``spaces`` maps a read's space
+    to the hash that holds it; a read of another space is answered ``None``.
+    """
+
+    def __init__(
+        self,
+        ops: RedisOps,
+        *,
+        spaces: Mapping[str, HashSpace] | None = None,
+        local: LocalClaims | None = None,
+    ) -> None:
+        self._ops = ops
+        self._spaces = dict(spaces or {})
+        self._local = local if local is not None else LocalClaims()
+        self._owner = replica_id()
+
+    async def claim(self, call_id: str, ttl_s: float) -> bool:
+        """True for the first claimant of ``call_id`` within ``ttl_s`` on any replica."""
+        return (await self.claim_and_read(call_id, ttl_s, ())).claimed
+
+    async def claim_and_read(self, call_id: str, ttl_s: float, reads: Sequence[Read]) -> Gathered:
+        """Claim ``call_id`` and answer ``reads`` in one round trip (see the class docstring)."""
+        if not self._local.claim(call_id, ttl_s):
+            return Gathered(False, {})  # decided here already: nothing to read for it
+        values: dict[Read, str | None] = {}
+        asked: list[tuple[Read, HashSpace, int]] = []
+        for read in reads:
+            space = self._spaces.get(read.space)
+            if space is None:
+                values[read] = None
+                continue
+            hit, value = space.cached(read.key)
+            if hit:
+                values[read] = value
+            else:
+                asked.append((read, space, space.generation))
+        client = self._ops.client
+        key = self._ops.key("claim", call_id)
+        ttl_ms = max(1, int(ttl_s * 1000))
+
+        async def round_trip() -> list[Any]:
+            if not asked:
+                return [await client.set(key, self._owner, nx=True, px=ttl_ms)]
+            # Built per attempt: a pipeline forgets its commands once executed.
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, self._owner, nx=True, px=ttl_ms)
+            for read, space, _ in asked:
+                pipe.hget(space.key, read.key)
+            return list(await pipe.execute())
+
+        try:
+            got, *answers = await self._ops.run("claim", round_trip)
+        except StorageError as exc:
+            log.warning("claim_local_fallback", call_id=call_id, error=str(exc))
+            for read, space, _ in asked:
+                hit, value = space.stale(read.key)
+                if hit:
+                    values[read] = value
+            return Gathered(True, values)
+        for (read, space, generation), raw in zip(asked, answers, strict=True):
+            value = None if raw is None else str(raw)
+            space.remember(read.key, value, generation)
+            values[read] = value
+        return Gathered(bool(got), values)
