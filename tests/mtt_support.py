@@ -19,8 +19,8 @@ from router.mtt.auth import TokenManager
 from router.mtt.oauth import OAuthClient
 from router.mtt.tokens import TokenSet
 from router.simulator import Simulator
-from router.state import TokenStore
 from router.state.memory import MemoryOAuthStates, MemoryTokenStore
+from router.state.protocols import TokenStore
 
 REDIRECT_URI = "https://oauth.myanycrm.ru/mtt"
 """The document's example redirect URI (the simulator accepts any)."""

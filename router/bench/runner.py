@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -25,7 +25,6 @@ from router.bench import proc
 from router.bench.files import DaemonFiles, callers, write_daemon_files
 from router.bench.load import RunResult, measure, wait_quiet
 from router.bench.report import medians
-from router.mtt.tokens import TokenResponse
 from router.simulator import SimConfig, Simulator, generated_workplaces, serve_simulator
 
 READY_TIMEOUT_S = 30.0
@@ -239,7 +238,7 @@ async def _daemon(
             admin=f"127.0.0.1:{proc.free_port()}",
             workplaces=sim.config.workplaces,
             caller_numbers=callers(settings.callers),
-            tokens=cast(TokenResponse, sim.issue_tokens()),
+            tokens=sim.issue_tokens(),
             log_level=settings.log_level,
         )
         daemon = DaemonProcess(files, settings.daemon_loop)

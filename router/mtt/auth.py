@@ -25,7 +25,7 @@ from router.mtt.refresher import Refresher
 from router.mtt.token_grants import STATE_TTL_S, TokenGrants
 from router.mtt.token_state import TokenState
 from router.mtt.tokens import TokenSet
-from router.state import OAuthStateStore, TokenStore
+from router.state.protocols import OAuthStateStore, TokenStore
 
 __all__ = ["STATE_TTL_S", "TokenManager"]
 

@@ -23,7 +23,7 @@ from router.errors import (
 )
 from router.metrics import Metrics
 from router.mtt._http import connection_error, decode_json, error_message
-from router.mtt.tokens import TokenResponse
+from router.mtt.tokens import TokenResponse, token_response
 
 TOKEN_METHOD = "oauthToken"
 """The ``method`` label of token endpoint requests in ``mtt_router_api_requests_total``."""
@@ -115,33 +115,12 @@ def _token_response(raw: bytes) -> TokenResponse:
     data = decode_json(raw)
     if not isinstance(data, dict):
         raise ServerError(f"{TOKEN_METHOD}: answer is not a JSON object", method=TOKEN_METHOD)
-    access = data.get("access_token")
-    if not isinstance(access, str) or not access:
-        raise ServerError(f"{TOKEN_METHOD}: answer has no access_token", method=TOKEN_METHOD)
-    answer: TokenResponse = {"access_token": access}
-    refresh = data.get("refresh_token")
-    if isinstance(refresh, str) and refresh:
-        answer["refresh_token"] = refresh
-    if expires_in := _seconds(data.get("expires_in")):
-        answer["expires_in"] = expires_in
-    if refresh_expires_in := _seconds(data.get("refresh_expires_in")):
-        answer["refresh_expires_in"] = refresh_expires_in
-    if isinstance(scope := data.get("scope"), str):
-        answer["scope"] = scope
-    if isinstance(token_type := data.get("token_type"), str):
-        answer["token_type"] = token_type
-    return answer
-
-
-def _seconds(value: object) -> int:
-    """A positive whole number of seconds from a JSON number or numeric string, else 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return 0
     try:
-        seconds = int(float(value))
-    except (ValueError, OverflowError):
-        return 0
-    return max(seconds, 0)
+        return token_response(data)
+    except ValueError:
+        raise ServerError(
+            f"{TOKEN_METHOD}: answer has no access_token", method=TOKEN_METHOD
+        ) from None
 
 
 def _token_error(status: int, raw: bytes) -> UpstreamError:

@@ -29,7 +29,7 @@ from router.metrics import Metrics
 from router.mtt.oauth import OAuthClient
 from router.mtt.token_state import TokenState, iso, log, skew
 from router.mtt.tokens import TokenResponse, TokenSet
-from router.state import OAuthStateStore, TokenStore
+from router.state.protocols import OAuthStateStore, TokenStore
 
 STATE_TTL_S = 600.0
 """An OAuth ``state`` (and so an authorize URL) is good for 10 minutes, once."""

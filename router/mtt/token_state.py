@@ -25,7 +25,7 @@ import structlog
 from router.errors import StorageError
 from router.metrics import Metrics
 from router.mtt.tokens import TokenSet, next_refresh_at
-from router.state import TokenStore
+from router.state.protocols import TokenStore
 
 EXPIRY_SKEW_S = 30.0
 """Treat the access token as expired this much early (at most 10% of its lifetime), so a request

@@ -4,10 +4,3 @@ The seams are in :mod:`router.state.protocols`; ``memory`` keeps state in the pr
 a 0600 file) and the ``redis_*`` modules share it between replicas. :mod:`router.state.factory`
 builds the set the configuration asks for.
 """
-
-from __future__ import annotations
-
-# Transitional re-exports for modules not yet importing router.state.protocols directly.
-from router.state.protocols import OAuthStateStore, TokenStore
-
-__all__ = ["OAuthStateStore", "TokenStore"]
