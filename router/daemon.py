@@ -16,11 +16,12 @@ import structlog
 from aiohttp import web
 
 from router.admin import create_admin_app
+from router.clock import WallClock
 from router.config import Config, HostPort
 from router.errors import ListenError
 from router.metrics import Metrics
 from router.server import create_app
-from router.services import SERVICES, Clock
+from router.services import SERVICES
 
 log = structlog.get_logger("router")
 
@@ -47,7 +48,7 @@ async def serve(
     metrics: Metrics | None = None,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
-    clock: Clock | None = None,
+    clock: WallClock | None = None,
 ) -> int:
     """Serve until ``stop`` is set or a SIGTERM/SIGINT arrives; returns the exit code."""
     loop = asyncio.get_running_loop()

@@ -18,15 +18,16 @@ a :class:`DirectoryView`, a :class:`Clock` and the storage seams), so tests buil
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 import structlog
 
 from router import callmodel
+from router.clock import Clock
 from router.context import CallerContext, Verdict
 from router.dispatch import Commander, Outcome, Sender, carry_out, conclude
 from router.events import CallEvent, CallState, Event, VpbxEvent, VpbxEventType
@@ -81,39 +82,6 @@ class DirectoryView(Protocol):
         ...
 
 
-class Clock(Protocol):
-    """Time as the engine sees it."""
-
-    def monotonic(self) -> float:
-        """The event loop's clock: receipt times, deadlines and latency are on it."""
-        ...
-
-    def now(self) -> datetime:
-        """Timezone-aware wall-clock time: schedules are judged by it."""
-        ...
-
-
-def utc_now() -> datetime:
-    """Now, in UTC."""
-    return datetime.now(UTC)
-
-
-class LoopClock:
-    """The real clock: the running loop's ``time()`` and the wall clock (``wall`` is injectable:
-    the demo pins it to a working Tuesday)."""
-
-    def __init__(self, wall: Callable[[], datetime] = utc_now) -> None:
-        self._wall = wall
-
-    def monotonic(self) -> float:
-        """``loop.time()``: the clock MTT client deadlines use."""
-        return asyncio.get_running_loop().time()
-
-    def now(self) -> datetime:
-        """The wall clock."""
-        return self._wall()
-
-
 @dataclass(frozen=True, slots=True)
 class DecisionRecord:
     """What happened to one parked call; also the canonical log line."""
@@ -130,6 +98,8 @@ class DecisionRecord:
     answered: bool = False
     """MTT answered one of our commands (``decision_seconds`` measures up to that answer)."""
     error: str | None = None
+    latency_ms: float = 0.0
+    """From receipt of the ``trying`` to the end of the decision (set when it is reported)."""
 
 
 class Engine:
@@ -147,6 +117,7 @@ class Engine:
         budget_ms: int,
         clock: Clock,
         sources: Mapping[str, CandidateSource] = DEFAULT_SOURCES,
+        on_decision: Callable[[DecisionRecord], None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._commander = commander
@@ -157,6 +128,7 @@ class Engine:
         self._budget_s = budget_ms / 1000.0
         self._clock = clock
         self._sources = sources
+        self._on_decision = on_decision
         self._chain_for: tuple[Rules | None, tuple[CandidateSource, ...], bool] = (None, (), False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
@@ -246,6 +218,11 @@ class Engine:
     def inflight(self) -> int:
         """Tasks still running."""
         return len(self._tasks)
+
+    async def settle(self) -> None:
+        """Wait until no task is in flight (tasks started meanwhile included)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     async def drain(self, timeout_s: float) -> int:
         """Stop taking work, wait for in-flight tasks; cancel what is left. Returns that count."""
@@ -380,3 +357,5 @@ class Engine:
             error=record.error,
         )
         structlog.contextvars.unbind_contextvars("call_id")
+        if self._on_decision is not None:
+            self._on_decision(dataclasses.replace(record, latency_ms=latency_ms))

@@ -15,11 +15,12 @@ import structlog
 from aiohttp import web
 from prometheus_client import Counter
 
+from router.clock import WallClock
 from router.config import Config
 from router.errors import AuthError, EventShapeError, UpstreamError
 from router.events import CallEvent, Event, VpbxEvent, parse_event
 from router.metrics import Metrics
-from router.services import CLOCK, CONFIG, METRICS, SERVICES, Clock, services_ctx
+from router.services import CLOCK, CONFIG, METRICS, SERVICES, services_ctx
 
 log = structlog.get_logger("router.server")
 
@@ -115,7 +116,7 @@ async def oauth_callback(request: web.Request) -> web.Response:
 
 
 def create_app(
-    config: Config, *, metrics: Metrics | None = None, clock: Clock | None = None
+    config: Config, *, metrics: Metrics | None = None, clock: WallClock | None = None
 ) -> web.Application:
     """The public application; its cleanup context owns every resource of the daemon.
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import aiohttp
 import structlog
 from aiohttp import web
 
+from router.clock import LoopClock, WallClock, utc_now
 from router.config import Config
 from router.directory import Directory
-from router.engine import Engine, LoopClock
+from router.engine import Engine
 from router.errors import StorageError
 from router.metrics import Metrics
 from router.mtt.auth import TokenManager
@@ -56,15 +56,6 @@ class Services:
             return False
 
 
-Clock = Callable[[], datetime]
-"""Wall-clock time for schedules; the demo and tests pin it, the daemon uses the real one."""
-
-
-def real_clock() -> datetime:
-    """Now, in UTC."""
-    return datetime.now(UTC)
-
-
 SHARED_TOKENS_POLL_S = 1.0
 LOCAL_TOKENS_POLL_S = 15.0
 """How often a daemon waiting for a login re-reads the token store (Redis / the tokens file)."""
@@ -88,7 +79,7 @@ def report_unlisted_workplaces(holder: RulesHolder, directory: Directory, metric
 
 
 SERVICES = web.AppKey("services", Services)
-CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+CLOCK: web.AppKey[WallClock] = web.AppKey("clock")
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 
@@ -141,7 +132,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             calls=stores.calls,
             presence=stores.presence,
             budget_ms=config.routing.decision_budget_ms,
-            clock=LoopClock(app.get(CLOCK, real_clock)),
+            clock=LoopClock(app.get(CLOCK, utc_now)),
         )
         # Closed first: in-flight decisions finish (bounded by the budget) while the session,
         # tokens and stores they use are still open.
