@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 
 from router import __version__
+from router.commands import auth, bench, clients, demo, pbx, rules, run, simulate
+from router.exits import Exit
 
-# Each module registers its own subcommands (router/commands/<name>.py: register(subparsers)).
-COMMAND_MODULES = (
-    "router.commands.run",
-    "router.commands.demo",
-    "router.commands.simulate",
-    "router.commands.rules",
-    "router.commands.clients",
-    "router.commands.auth",
-    "router.commands.pbx",
-    "router.commands.bench",
-)
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Each module registers its own subcommands (register(subparsers)), in the order --help lists.
+COMMAND_MODULES = (run, demo, simulate, rules, clients, auth, pbx, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mtt-router {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # not built yet
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 
@@ -50,11 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     try:
         code: int = handler(args)
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
     return code
 
 

@@ -27,7 +27,8 @@ import aiohttp
 
 from router.config import Config, parse_config
 from router.daemon import serve
-from router.logs import configure_logging
+from router.exits import Exit
+from router.logs import setup_cli_logging, setup_daemon_logging
 from router.numbers import normalize
 from router.rules.loader import EXAMPLE_RULES, example_rules_text, load_rules
 from router.rules.model import Rules
@@ -285,11 +286,12 @@ def main(calls: int, rate: float, as_json: bool, write: Callable[[str], Any] = p
         )
     log_path = Path(tempfile.gettempdir()) / "mtt-router-demo.log"
     with log_path.open("w", encoding="utf-8") as log_file:
-        configure_logging("json", "info", stream=log_file)
+        # The in-process daemon logs as in production (JSON lines), to the file, not the screen.
+        setup_daemon_logging("json", "info", stream=log_file)
         try:
             result = asyncio.run(run_demo(calls, rate, out))
         finally:
-            configure_logging("json", "warning")
+            setup_cli_logging("warning")  # the file closes next; the rest is an interactive run
     if as_json:
         import json
 
@@ -302,4 +304,4 @@ def main(calls: int, rate: float, as_json: bool, write: Callable[[str], Any] = p
         write("fallback: to the duty manager; to PBX: released with terminateCall;")
         write("missed: no command inside MTT's 5 s parking window.")
         write(f"Daemon log (one JSON line per decision, with reasons): {log_path}")
-    return 0 if result.total.outcomes["missed"] == 0 else 1
+    return Exit.OK if result.total.outcomes["missed"] == 0 else Exit.FAILED

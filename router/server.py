@@ -17,9 +17,10 @@ from prometheus_client import Counter
 
 from router.clock import WallClock
 from router.config import Config
-from router.errors import AuthError, EventShapeError, UpstreamError
+from router.errors import EventShapeError
 from router.events import CallEvent, Event, VpbxEvent, parse_event
 from router.metrics import Metrics
+from router.oauth_callback import LoginOutcome, OAuthCallback, add_callback_routes
 from router.services import CLOCK, CONFIG, METRICS, SERVICES, services_ctx
 
 log = structlog.get_logger("router.server")
@@ -93,26 +94,21 @@ def _page(title: str, text: str, status: int = 200) -> web.Response:
 
 
 async def oauth_callback(request: web.Request) -> web.Response:
-    """``GET P?code=&state=``: check the state, exchange the code, store the tokens."""
+    """``GET P?code=&state=``: :class:`router.oauth_callback.OAuthCallback` with the daemon's
+    stores; a completed login triggers a directory refresh."""
     services = request.app[SERVICES]
-    query = request.query
-    if "error" in query:
-        log.warning("oauth_denied", error=query.get("error"))
-        return _page("Authorisation refused", f"MTT said: {query.get('error')}", 400)
-    code, state = query.get("code"), query.get("state")
-    if not code or not state:
-        return _page("mtt-router", "This is the OAuth callback of mtt-router.", 400)
-    try:
-        await services.tokens.complete_login(code, state)
-    except AuthError as exc:
-        log.warning("oauth_callback_refused", error=str(exc))
-        return _page("Authorisation failed", str(exc), 400)
-    except UpstreamError as exc:
-        log.warning("oauth_callback_upstream_failed", error=str(exc))
-        return _page("MTT did not answer", f"{exc}. Try again from /oauth/start.", 502)
-    services.directory.request_refresh()
-    log.info("oauth_login_complete")
-    return _page("Authorised", "mtt-router may now use the MTT API. You can close this page.")
+
+    def on_outcome(outcome: LoginOutcome) -> None:
+        if outcome.result == "authorised":
+            services.directory.request_refresh()
+
+    callback = OAuthCallback(
+        redeem_state=services.stores.states.redeem,
+        complete_login=services.tokens.complete_login,
+        on_outcome=on_outcome,
+        retry_hint="Try again from /oauth/start on the admin listener.",
+    )
+    return await callback.handle(request)
 
 
 def create_app(
@@ -129,9 +125,6 @@ def create_app(
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[NOTIFICATIONS] = _NotificationCounter(app[METRICS].notifications)
     app.cleanup_ctx.append(services_ctx)
-    app.router.add_get(config.mtt.callback_path, oauth_callback)
-    if config.mtt.callback_path != "/":
-        # A redirect_uri of "https://host/mtt/" brings the browser back to /mtt/?code=...
-        app.router.add_get(config.mtt.callback_path + "/", oauth_callback)
+    add_callback_routes(app.router, config.mtt.callback_path, oauth_callback)
     app.router.add_post(config.mtt.events_path, events)
     return app

@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 
 from router.config import MttConfig
-from router.logs import configure_logging
+from router.logs import setup_daemon_logging
 from router.metrics import Metrics
 from router.mtt.auth import TokenManager
 from router.mtt.oauth import OAuthClient
@@ -95,7 +95,7 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
 def json_logs(level: str = "debug") -> Iterator[io.StringIO]:
     """Send structlog's JSON lines to a buffer for the duration; restore the defaults after."""
     buffer = io.StringIO()
-    configure_logging("json", level, stream=buffer)
+    setup_daemon_logging("json", level, stream=buffer)
     try:
         yield buffer
     finally:

@@ -12,6 +12,7 @@ import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -22,6 +23,7 @@ from router.simulator import EndpointFault, Simulator
 from router.state.memory import FileTokenStore
 from tests.fixtures.net import free_port
 from tests.mtt_support import expired_set, issued_set
+from tests.polling import eventually
 
 
 @pytest.fixture(autouse=True)
@@ -163,6 +165,39 @@ async def test_auth_login_refuses_a_forged_state(
             except aiohttp.ClientConnectorError:
                 await asyncio.sleep(0.02)  # not listening yet
     assert await command == 1  # times out: the forged callback did not complete the login
+    assert not (config_path.parent / "tokens.json").exists()
+
+
+async def test_auth_login_callback_answers_like_the_daemon(
+    sim_http: aiohttp.ClientSession,
+    config_path: Path,
+    listen_port: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bare GET: 200; ``?error=`` with a forged state: 400, still waiting; with its own state:
+    400, the state spent, exit 1 (the daemon's handler, so the daemon's pages and codes)."""
+    command = asyncio.create_task(run("auth", "login", "--config", str(config_path)))
+    callback = f"http://127.0.0.1:{listen_port}/mtt"
+    printed = ""
+
+    def authorize_url() -> str | None:
+        nonlocal printed
+        printed += capsys.readouterr().out
+        return next((w for w in printed.split() if "/oauth/authorize?" in w), None)
+
+    url = await eventually(authorize_url, "auth login prints the authorize URL", timeout_s=10)
+    state = parse_qs(urlsplit(url).query)["state"][0]
+    async with sim_http.get(callback) as r:
+        assert (r.status, "OAuth callback of mtt-router" in await r.text()) == (200, True)
+    async with sim_http.get(callback, params={"error": "access_denied", "state": "forged"}) as r:
+        assert r.status == 400
+    await asyncio.sleep(0.1)
+    assert not command.done()  # a stray refusal does not end someone else's login
+    denied = {"error": "access_denied", "error_description": "User said no", "state": state}
+    async with sim_http.get(callback + "/", params=denied) as r:
+        assert (r.status, "MTT said: User said no" in await r.text()) == (400, True)
+    assert await command == 1
+    assert "MTT refused the authorisation: User said no" in capsys.readouterr().err
     assert not (config_path.parent / "tokens.json").exists()
 
 

@@ -298,10 +298,19 @@ async def test_callback_with_expired_state_stores_nothing(
     assert daemon.sim.tokens.grants["authorization_code"] == 0
 
 
+@pytest.mark.parametrize("slash", ["", "/"], ids=["path", "path-slash"])
+async def test_callback_without_a_query_is_200(start_daemon: StartDaemon, slash: str) -> None:
+    """A bare ``GET P`` (MTT checking the redirect URI answers): 200 naming the service."""
+    daemon = await start_daemon(authorised=False, wait_ready=False)
+    status, page = await _callback(daemon, daemon.callback_url + slash)
+    assert (status, "OAuth callback of mtt-router" in page) == (200, True)
+    assert not daemon.tokens_path.exists()
+
+
 @pytest.mark.parametrize(
     "query",
-    ["", "?code=abc", "?state=abc", "?error=access_denied&state=abc"],
-    ids=["nothing", "no-state", "no-code", "denied"],
+    ["?code=abc", "?state=abc", "?error=access_denied&state=abc", "?foo=bar"],
+    ids=["no-state", "no-code", "denied", "other"],
 )
 async def test_callback_without_code_and_state_is_400(
     start_daemon: StartDaemon, query: str
@@ -312,6 +321,23 @@ async def test_callback_without_code_and_state_is_400(
     assert status == 400
     assert page.startswith("<!doctype html>")
     assert not daemon.tokens_path.exists()
+
+
+async def test_refused_callback_uses_up_its_state(start_daemon: StartDaemon) -> None:
+    """``?error=`` with a state we issued: 400 showing MTT's words; that state is then spent."""
+    daemon = await start_daemon(authorised=False, wait_ready=False)
+    location = await _authorize_location(daemon)
+    state = parse_qs(urlsplit(location).query)["state"][0]
+    refused = (
+        f"{daemon.callback_url}?error=access_denied&error_description=User+said+no&state={state}"
+    )
+    status, page = await _callback(daemon, refused)
+    assert (status, "MTT said: User said no" in page) == (400, True)
+    # MTT's good redirect with that state, arriving after all: refused, nothing exchanged.
+    status, page = await _callback(daemon, location)
+    assert (status, "unknown, expired or already used" in page) == (400, True)
+    assert not daemon.tokens_path.exists()
+    assert daemon.sim.tokens.grants["authorization_code"] == 0
 
 
 async def test_callback_when_mtt_token_endpoint_is_down_is_502(start_daemon: StartDaemon) -> None:

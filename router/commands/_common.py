@@ -1,7 +1,6 @@
 """What every command that talks to MTT or the storage shares: arguments, config, output, exits.
 
-Exit codes (SPEC §6): 0 success, 1 the thing asked for failed or was invalid, 2 bad usage or an
-invalid config (its problems printed one per line on stderr).
+Exit codes are :class:`router.exits.Exit`.
 """
 
 from __future__ import annotations
@@ -19,14 +18,14 @@ import aiohttp
 
 from router.config import Config, load_config
 from router.errors import ConfigError, NeedsLoginError, RouterError, UpstreamError
-from router.logs import configure_logging
+from router.exits import Exit
+from router.logs import setup_cli_logging
 from router.metrics import Metrics
 from router.mtt.auth import TokenManager
 from router.mtt.client import MttClient, make_session
 from router.mtt.oauth import OAuthClient
 from router.state.factory import Stores, open_stores
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_CONFIG = "config.yaml"
 
 
@@ -46,19 +45,13 @@ def add_json_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config_or_exit(path: str) -> Config | int:
-    """The validated config, or :data:`EXIT_USAGE` after printing each problem on stderr."""
+    """The validated config, or :attr:`Exit.USAGE` after printing each problem on stderr."""
     try:
         return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return EXIT_USAGE
-
-
-def setup_logging(config: Config) -> None:
-    """Console log lines on a terminal, the configured format otherwise; always on stderr."""
-    fmt = "console" if sys.stderr.isatty() else config.log.format
-    configure_logging(fmt, config.log.level, stream=sys.stderr)
+        return Exit.USAGE
 
 
 def print_json(data: Any) -> None:
@@ -76,7 +69,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def fail(message: str, code: int = EXIT_FAILED) -> int:
+def fail(message: str, code: int = Exit.FAILED) -> int:
     """Print ``message`` on stderr and return ``code``."""
     print(message, file=sys.stderr)
     return code
@@ -121,7 +114,7 @@ def run_mtt(args: argparse.Namespace, action: Action) -> int:
     config = load_config_or_exit(args.config)
     if isinstance(config, int):
         return config
-    setup_logging(config)
+    setup_cli_logging(config.log.level)
     return asyncio.run(_guarded(config, args.config, action))
 
 
@@ -134,7 +127,7 @@ async def _guarded(config: Config, config_path: str, action: Action) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except UpstreamError as exc:
         return fail(f"MTT: {exc}")
     except (RouterError, OSError) as exc:

@@ -7,14 +7,14 @@ import argparse
 import sys
 from functools import partial
 
-Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
+from router.exits import Exit
 
-EXIT_USAGE = 2
+Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
 
 def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     parser.print_help(sys.stderr)
-    return EXIT_USAGE
+    return Exit.USAGE
 
 
 def add_group(

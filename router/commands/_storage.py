@@ -7,10 +7,11 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 
-from router.commands._common import EXIT_FAILED, EXIT_USAGE, fail, load_config_or_exit
+from router.commands._common import fail, load_config_or_exit
 from router.config import Config
 from router.errors import RulesError, StorageError
-from router.logs import configure_logging
+from router.exits import Exit
+from router.logs import setup_cli_logging
 from router.metrics import Metrics
 from router.rules.loader import load_rules
 from router.rules.model import Rules
@@ -29,10 +30,10 @@ def run_storage(args: argparse.Namespace, action: StorageAction) -> int:
         return fail(
             f"storage: this command edits Redis, but {args.config} has storage: "
             f"{config.storage!r} (set a redis:// URL)",
-            EXIT_USAGE,
+            Exit.USAGE,
         )
     # Errors only: the command reports a storage failure itself, in one line.
-    configure_logging("console" if sys.stderr.isatty() else config.log.format, "error")
+    setup_cli_logging("error")
     return asyncio.run(_guarded(config, action))
 
 
@@ -61,7 +62,7 @@ async def current_rules(config: Config, stores: RedisStores) -> tuple[int, Rules
 
 
 def report_rules_error(exc: RulesError) -> int:
-    """Print each problem of ``exc`` on stderr; :data:`EXIT_FAILED`."""
+    """Print each problem of ``exc`` on stderr; :attr:`Exit.FAILED`."""
     for line in exc.lines():
         print(line, file=sys.stderr)
-    return EXIT_FAILED
+    return Exit.FAILED

@@ -3,13 +3,15 @@
 ``login`` prints MTT's authorize URL, serves the OAuth callback on ``server.listen`` at the path of
 ``redirect_uri`` until MTT's redirect brings the code back (or 10 minutes pass), and stores the
 tokens. Run it instead of the daemon (they share the port), or use the daemon's ``/oauth/start``.
+The callback is the daemon's own (:mod:`router.oauth_callback`): same pages, same status codes.
+It exits 0 once the tokens are stored, 1 when MTT refuses the login or the code exchange fails; a
+callback carrying a state this run did not issue gets its 400 and the command keeps waiting.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import html
 import sys
 import time
 from datetime import datetime
@@ -18,8 +20,6 @@ from functools import partial
 from aiohttp import web
 
 from router.commands._common import (
-    EXIT_FAILED,
-    EXIT_OK,
     MttContext,
     add_config_arg,
     add_json_arg,
@@ -28,8 +28,9 @@ from router.commands._common import (
     run_mtt,
 )
 from router.commands._groups import Subparsers, add_group
-from router.errors import InvalidStateError, RouterError
+from router.exits import Exit
 from router.mtt.auth import STATE_TTL_S
+from router.oauth_callback import LoginOutcome, OAuthCallback, add_callback_routes
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
@@ -106,7 +107,7 @@ async def _show_status(ctx: MttContext, *, as_json: bool) -> int:
         )
     if not authorised and not as_json:
         print(f"Run `mtt-router auth login --config {ctx.config_path}` to authorise.")
-    return EXIT_OK if authorised else EXIT_FAILED
+    return Exit.OK if authorised else Exit.FAILED
 
 
 # -- login ------------------------------------------------------------------------------------
@@ -114,17 +115,6 @@ async def _show_status(ctx: MttContext, *, as_json: bool) -> int:
 
 def _login(args: argparse.Namespace) -> int:
     return run_mtt(args, partial(_login_flow, timeout_s=args.timeout))
-
-
-_PAGE = (
-    '<!doctype html><html><head><meta charset="utf-8"><title>mtt-router</title></head>'
-    "<body><h1>{title}</h1><p>{text}</p></body></html>"
-)
-
-
-def _page(title: str, text: str, status: int = 200) -> web.Response:
-    body = _PAGE.format(title=html.escape(title), text=html.escape(text))
-    return web.Response(text=body, status=status, content_type="text/html")
 
 
 def _when(ts: float) -> str:
@@ -137,42 +127,32 @@ async def _login_flow(ctx: MttContext, *, timeout_s: float) -> int:
 
     def finish(code: int, message: str) -> None:
         if not outcome.done():
-            print(message, file=sys.stdout if code == EXIT_OK else sys.stderr, flush=True)
+            print(message, file=sys.stdout if code == Exit.OK else sys.stderr, flush=True)
             outcome.set_result(code)
 
-    async def callback(request: web.Request) -> web.Response:
-        query = request.query
-        state = query.get("state", "")
-        if "error" in query:
-            reason = query.get("error_description") or query["error"]
-            if state and await ctx.stores.states.redeem(state):
-                finish(EXIT_FAILED, f"MTT refused the authorisation: {reason}")
-            return _page("Not authorised", f"MTT says: {reason}", status=400)
-        code = query.get("code")
-        if not code or not state:
-            return _page("Bad request", "The callback needs code and state.", status=400)
-        try:
-            tokens = await ctx.tokens.complete_login(code, state)
-        except InvalidStateError:
-            return _page(
-                "Link expired", "This login link is unknown, expired or used already.", status=400
+    def on_outcome(login: LoginOutcome) -> None:
+        if login.result == "refused":
+            finish(Exit.FAILED, f"MTT refused the authorisation: {login.detail}")
+        elif login.result == "failed":
+            finish(Exit.FAILED, f"login failed: {login.detail}")
+        else:
+            tokens = ctx.tokens.tokens
+            until = (
+                ""
+                if tokens is None
+                else f"; access token valid until {_when(tokens.access_expires_at)}, "
+                f"refresh token until {_when(tokens.refresh_expires_at)}"
             )
-        except RouterError as exc:
-            finish(EXIT_FAILED, f"login failed: {exc}")
-            return _page("Login failed", "MTT did not issue tokens; see the terminal.", status=502)
-        finish(
-            EXIT_OK,
-            f"Authorised. Tokens stored in {config.tokens_file}; access token valid until "
-            f"{_when(tokens.access_expires_at)}, refresh token until "
-            f"{_when(tokens.refresh_expires_at)}.",
-        )
-        return _page("Authorised", "mtt-router may now use MTT's API. You can close this page.")
+            finish(Exit.OK, f"Authorised. Tokens stored in {config.tokens_file}{until}.")
 
     app = web.Application()
-    path = config.mtt.callback_path
-    app.router.add_get(path, callback)
-    if path != "/":
-        app.router.add_get(path + "/", callback)
+    callback = OAuthCallback(
+        redeem_state=ctx.stores.states.redeem,
+        complete_login=ctx.tokens.complete_login,
+        on_outcome=on_outcome,
+        retry_hint="Run `mtt-router auth login` again for a new link.",
+    )
+    add_callback_routes(app.router, config.mtt.callback_path, callback.handle)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     listen = config.server.listen

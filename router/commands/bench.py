@@ -16,7 +16,8 @@ from pathlib import Path
 from router import runtime
 from router.bench import BenchError, BenchSettings, run_bench
 from router.bench.report import table
-from router.commands._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_json_arg
+from router.commands._common import add_json_arg
+from router.exits import Exit
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -108,15 +109,15 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_from(args)
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     try:
         report = runtime.run(run_bench(settings, progress=None if args.json else _progress))
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     except OSError as exc:
         print(f"bench: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return Exit.FAILED
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -124,4 +125,4 @@ def run(args: argparse.Namespace) -> int:
         if len(report.runs) > 1:
             rows.append(("median", report.median))
         print(table(rows))
-    return EXIT_OK
+    return Exit.OK

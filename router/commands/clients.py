@@ -14,8 +14,6 @@ from functools import partial
 from typing import Any
 
 from router.commands._common import (
-    EXIT_FAILED,
-    EXIT_OK,
     add_config_arg,
     add_json_arg,
     fail,
@@ -26,6 +24,7 @@ from router.commands._groups import Subparsers, add_group
 from router.commands._storage import current_rules, report_rules_error, run_storage
 from router.config import Config
 from router.errors import RulesError
+from router.exits import Exit
 from router.numbers import NumberError, normalize
 from router.state.clients_csv import check_manager_id
 from router.state.redis import RedisStores
@@ -107,7 +106,7 @@ async def _known_managers(config: Config, stores: RedisStores) -> frozenset[str]
 async def _set(args: argparse.Namespace, config: Config, stores: RedisStores) -> int:
     number = _number(args.number)
     if number is None:
-        return EXIT_FAILED
+        return Exit.FAILED
     manager: str = args.manager
     try:
         check_manager_id(manager)
@@ -122,23 +121,23 @@ async def _set(args: argparse.Namespace, config: Config, stores: RedisStores) ->
         )
     await stores.clients.set(number, manager)
     print(f"{number} -> {manager}")
-    return EXIT_OK
+    return Exit.OK
 
 
 async def _del(args: argparse.Namespace, config: Config, stores: RedisStores) -> int:
     number = _number(args.number)
     if number is None:
-        return EXIT_FAILED
+        return Exit.FAILED
     if not await stores.clients.delete(number):
         return fail(f"{number}: not in the map")
     print(f"{number}: deleted")
-    return EXIT_OK
+    return Exit.OK
 
 
 async def _get(args: argparse.Namespace, config: Config, stores: RedisStores) -> int:
     number = _number(args.number)
     if number is None:
-        return EXIT_FAILED
+        return Exit.FAILED
     manager = await stores.clients.get(number)
     if args.json:
         print_json({"number": number, "manager": manager})
@@ -146,7 +145,7 @@ async def _get(args: argparse.Namespace, config: Config, stores: RedisStores) ->
         print_table(("NUMBER", "MANAGER"), [(number, manager)])
     else:
         print(f"{number}: no personal manager in the map", file=sys.stderr)
-    return EXIT_OK if manager is not None else EXIT_FAILED
+    return Exit.OK if manager is not None else Exit.FAILED
 
 
 async def _import(args: argparse.Namespace, config: Config, stores: RedisStores) -> int:
@@ -184,7 +183,7 @@ async def _import(args: argparse.Namespace, config: Config, stores: RedisStores)
                 f"{result.bad_rows} bad rows skipped) in {elapsed_s:.1f} s",
                 file=sys.stderr,
             )
-    return EXIT_OK if result.bad_rows == 0 else EXIT_FAILED
+    return Exit.OK if result.bad_rows == 0 else Exit.FAILED
 
 
 async def _count(args: argparse.Namespace, config: Config, stores: RedisStores) -> int:
@@ -193,4 +192,4 @@ async def _count(args: argparse.Namespace, config: Config, stores: RedisStores) 
         print_json({"count": count})
     else:
         print(count)
-    return EXIT_OK
+    return Exit.OK

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from router import demo
+from router.exits import Exit
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,6 +28,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.calls < 1 or args.rate <= 0:
-        print("demo: --calls must be >= 1 and --rate > 0")
-        return 2
+        print("demo: --calls must be >= 1 and --rate > 0", file=sys.stderr)
+        return Exit.USAGE
     return demo.main(args.calls, args.rate, args.json)

@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from router.commands._common import (
-    EXIT_OK,
     MttContext,
     add_config_arg,
     add_json_arg,
@@ -22,6 +21,7 @@ from router.commands._common import (
     run_mtt,
 )
 from router.commands._groups import Subparsers, add_group
+from router.exits import Exit
 from router.numbers import try_normalize
 
 Show = Callable[[MttContext, bool], Awaitable[int]]
@@ -85,7 +85,7 @@ async def _numbers(ctx: MttContext, as_json: bool) -> int:
         print_json([dataclasses.asdict(n) for n in numbers])
     else:
         print_table(("NUMBER", "TYPE"), [(n.number, n.type) for n in numbers])
-    return EXIT_OK
+    return Exit.OK
 
 
 async def _workplaces(ctx: MttContext, as_json: bool) -> int:
@@ -94,7 +94,7 @@ async def _workplaces(ctx: MttContext, as_json: bool) -> int:
         print_json([dataclasses.asdict(w) for w in workplaces])
     else:
         print_table(("WORKPLACE", "NAME"), [(w.workplace, w.name) for w in workplaces])
-    return EXIT_OK
+    return Exit.OK
 
 
 async def _terminals(ctx: MttContext, as_json: bool) -> int:
@@ -103,7 +103,7 @@ async def _terminals(ctx: MttContext, as_json: bool) -> int:
         print_json([dataclasses.asdict(t) for t in terminals])
     else:
         print_table(("TERMINAL", "WORKPLACE"), [(t.terminal, t.workplace) for t in terminals])
-    return EXIT_OK
+    return Exit.OK
 
 
 def _park(args: argparse.Namespace) -> int:
@@ -119,7 +119,7 @@ async def _set_parking(numbers: list[str], on: bool, as_json: bool, ctx: MttCont
         print_json({"numbers": numbers, "parking": on, "success": True})
     else:
         print(f"Parking {'on' if on else 'off'}: {', '.join(numbers)}")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _call(args: argparse.Namespace) -> int:
@@ -132,4 +132,4 @@ async def _make_call(caller: str, callee: str, as_json: bool, ctx: MttContext) -
         print_json({"call_id": call_id, "caller": caller, "callee": callee})
     else:
         print(f"Calling {callee} from workplace {caller}: call id {call_id}")
-    return EXIT_OK
+    return Exit.OK

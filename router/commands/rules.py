@@ -1,36 +1,30 @@
 """``mtt-router rules check|explain``: validate a rules file, and show how a call would be routed.
 
-Other actions of the ``rules`` group (``push``/``pull`` with Redis) live in their own modules:
-each module named in :data:`RULES_ACTION_MODULES` that exists has ``register_rules(actions)``
-called with the group's subparsers, the same way :mod:`router.cli` loads command modules.
-:func:`load_rules_or_report` is there for them too: it loads a file and prints its problems.
+``push`` and ``pull`` (the rules in Redis) live in :mod:`router.commands.rules_redis`; they are
+added to the same group here. :func:`load_rules_or_report` loads a file and prints its problems.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from router.commands._groups import Subparsers, add_group
+from router.commands.rules_redis import add_store_commands
 from router.context import CallerContext
 from router.errors import RulesError
+from router.exits import Exit
 from router.numbers import try_normalize
 from router.routing import Action, Decision, decide
 from router.rules.loader import load_rules_file
 from router.rules.model import Rules
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-#: Modules adding more actions to ``mtt-router rules`` (each with ``register_rules(actions)``).
-RULES_ACTION_MODULES = ("router.commands.rules_store",)
-
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    """Add the ``rules`` command group with ``check`` and ``explain`` (and any extensions)."""
+    """Add the ``rules`` command group: ``check``, ``explain``, ``push`` and ``pull``."""
     actions = add_group(
         sub,
         "rules",
@@ -39,14 +33,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     register_check(actions)
     register_explain(actions)
-    for name in RULES_ACTION_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # not built yet
-        module.register_rules(actions)
+    add_store_commands(actions)
 
 
 def register_check(actions: Subparsers[argparse.ArgumentParser]) -> None:
@@ -126,15 +113,15 @@ def _check(args: argparse.Namespace) -> int:
         except RulesError as exc:
             problems = [{"line": line, "message": message} for line, message in exc.problems]
             _print_json({"path": path, "ok": False, "problems": problems})
-            return EXIT_FAILED
+            return Exit.FAILED
         _print_json({"path": path, "ok": True, **_summary(rules)})
-        return EXIT_OK
+        return Exit.OK
     loaded = load_rules_or_report(path)
     if loaded is None:
-        return EXIT_FAILED
+        return Exit.FAILED
     counts = ", ".join(f"{kind}: {count}" for kind, count in loaded.counts().items())
     print(f"{path}: OK ({counts}; otherwise: {loaded.otherwise}; timezone: {loaded.timezone.key})")
-    return EXIT_OK
+    return Exit.OK
 
 
 def _summary(rules: Rules) -> dict[str, Any]:
@@ -150,7 +137,7 @@ def _summary(rules: Rules) -> dict[str, Any]:
 def _explain(args: argparse.Namespace) -> int:
     rules = load_rules_or_report(args.rules)
     if rules is None:
-        return EXIT_FAILED
+        return Exit.FAILED
     at: datetime = args.at if args.at is not None else datetime.now(UTC)
     at = at.replace(tzinfo=rules.timezone) if at.tzinfo is None else at
     context = CallerContext.of(
@@ -168,10 +155,10 @@ def _explain(args: argparse.Namespace) -> int:
         out["callee"] = try_normalize(args.callee) or args.callee
         out["rules"] = {"path": args.rules, **_summary(rules)}
         _print_json(out)
-        return EXIT_OK
+        return Exit.OK
     for line in _explain_lines(args, rules, decision, local):
         print(line)
-    return EXIT_OK
+    return Exit.OK
 
 
 def _explain_lines(

@@ -12,11 +12,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from router.commands._common import EXIT_FAILED, EXIT_OK, add_config_arg, fail
+from router.commands._common import add_config_arg, fail
 from router.commands._groups import Subparsers
 from router.commands._storage import report_rules_error, run_storage
 from router.config import Config
 from router.errors import RulesError
+from router.exits import Exit
 from router.rules.loader import load_rules
 from router.state.redis import RedisStores
 
@@ -46,10 +47,6 @@ def add_store_commands(actions: Subparsers[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=_pull)
 
 
-register_rules = add_store_commands
-"""The hook name :mod:`router.commands.rules` looks for in its extension modules."""
-
-
 def _push(args: argparse.Namespace) -> int:
     path: str = args.file
     try:
@@ -63,16 +60,16 @@ def _push(args: argparse.Namespace) -> int:
     except RulesError as exc:
         for line in exc.lines():
             print(line)
-        return EXIT_FAILED
+        return Exit.FAILED
 
     async def push(config: Config, stores: RedisStores) -> int:
         current = await stores.rules.pull()
         if current is not None and current[1] == text and not args.force:
             print(f"{path}: unchanged, still version {current[0]} (--force pushes anyway)")
-            return EXIT_OK
+            return Exit.OK
         version = await stores.rules.push(text, source=os.path.basename(path))
         print(f"{path}: pushed as version {version}")
-        return EXIT_OK
+        return Exit.OK
 
     return run_storage(args, push)
 
@@ -92,13 +89,13 @@ def _pull(args: argparse.Namespace) -> int:
             report_rules_error(exc)
         if path == "-":
             sys.stdout.write(text)
-            return EXIT_OK
+            return Exit.OK
         try:
             _write_atomically(Path(path), text)
         except OSError as exc:
             return fail(f"{path}: cannot write: {exc.strerror or exc}")
         print(f"{path}: wrote version {version}")
-        return EXIT_OK
+        return Exit.OK
 
     return run_storage(args, pull)
 

@@ -9,7 +9,8 @@ from router import runtime
 from router.commands._common import add_config_arg, load_config_or_exit
 from router.daemon import serve
 from router.errors import ListenError
-from router.logs import configure_logging
+from router.exits import Exit
+from router.logs import setup_daemon_logging
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,9 +28,9 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     if isinstance(config, int):
         return config
-    configure_logging(config.log.format, config.log.level)
+    setup_daemon_logging(config.log.format, config.log.level)
     try:
         return runtime.run(serve(config))
     except ListenError as exc:
         print(exc, file=sys.stderr)  # port taken, address not local: one line, no traceback
-        return 1
+        return Exit.FAILED

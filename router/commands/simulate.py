@@ -2,6 +2,11 @@
 
 Once listening it prints one JSON line on stdout (``{"event": "listening", "url": ...}``) so a
 script started with ``--listen 127.0.0.1:0`` can learn the port; it runs until SIGTERM/SIGINT.
+
+It logs like the daemon, not like an interactive command: JSON lines on stderr unless
+``--log-format console``, on a terminal too. It is a long-running server that stands in for MTT
+next to the daemon, and its log is most often read by the scripts, tests and process managers that
+run it, beside the daemon's own JSON log; one format for both, whoever started it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,10 @@ from typing import Any, Literal
 import structlog
 
 from router.commands._groups import Subparsers
-from router.logs import configure_logging
+from router.exits import Exit
+from router.logs import setup_daemon_logging
 from router.simulator import SimConfig, generated_workplaces, serve_simulator
 from router.simulator.config import DOC_CLIENT_ID, DOC_CLIENT_SECRET, DOC_NUMBERS
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
@@ -52,6 +56,12 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--ring-timeout-ms", type=float, default=3000.0)
     p.add_argument("--terminals-key", choices=("terminals_list", "terminalsList"))
     p.add_argument("--seed", type=int, help="seed ids and fault rates for reproducible runs")
+    p.add_argument(
+        "--log-format",
+        choices=("json", "console"),
+        default="json",
+        help="log lines on stderr: json (default, as the daemon writes) or console",
+    )
     p.set_defaults(handler=run)
 
 
@@ -101,20 +111,24 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM/SIGINT; exit 0 after a clean shutdown."""
+    """Serve until SIGTERM/SIGINT; exit 0 after a clean shutdown.
+
+    Logging is the daemon's (``--log-format``, JSON by default, terminal or not): see the module
+    docstring for why a simulator logs like a server rather than like an interactive command.
+    """
     try:
         config = build_config(args)
         host, port = _listen(args.listen)
     except ValueError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    configure_logging("auto", "info", stream=sys.stderr)
+        return Exit.USAGE
+    setup_daemon_logging(args.log_format, "info")
     try:
         asyncio.run(_until_signalled(config, host, port))
     except OSError as exc:
         print(f"simulate: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        return Exit.FAILED
+    return Exit.OK
 
 
 async def _until_signalled(config: SimConfig, host: str, port: int) -> None:

@@ -86,7 +86,7 @@ def mtt_router(
 
     The commands' own structlog set-up is skipped: it would keep capsys's stream after the test.
     """
-    monkeypatch.setattr(_storage, "configure_logging", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_storage, "setup_cli_logging", lambda *args, **kwargs: None)
     with structlog.testing.capture_logs():
         yield Cli(capsys)
 
