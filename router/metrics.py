@@ -1,6 +1,7 @@
 """Prometheus metrics, created on an injected registry so every app (and every test) has its own.
 
-The names and labels of the ``mtt_router_*`` metrics are part of the product contract (SPEC §7).
+The names and labels of the ``mtt_router_*`` metrics are part of the product contract: operators'
+dashboards and alerts depend on them (README.md, "Watch it", lists each one).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from tests.fixtures.daemon import (
     until,
 )
 
-SPEC_METRICS = {
+CONTRACT_METRICS = {
     "mtt_router_notifications_total": "counter",
     "mtt_router_decisions_total": "counter",
     "mtt_router_decision_seconds": "histogram",
@@ -33,7 +33,7 @@ SPEC_METRICS = {
     "mtt_router_rules_reloads_total": "counter",
     "mtt_router_rules_entries": "gauge",
 }
-"""SPEC §7: the metric names (as exposed) and their types."""
+"""The contract's metric names (README.md, "Watch it"), as exposed, and their types."""
 
 
 @pytest.fixture
@@ -193,7 +193,7 @@ async def test_oauth_flow_makes_the_daemon_ready(start_daemon: StartDaemon) -> N
 
 
 async def test_metrics_has_every_spec_metric(daemon: RunningDaemon) -> None:
-    """/metrics (Prometheus text) names every SPEC §7 metric, with values after a call."""
+    """/metrics (Prometheus text) names every metric of the contract, with values after a call."""
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(call) == "transferred"
     await daemon.wait_decisions(1)
@@ -205,7 +205,7 @@ async def test_metrics_has_every_spec_metric(daemon: RunningDaemon) -> None:
     exposed = {
         (f"{name}_total" if f.type == "counter" else name): f.type for name, f in families.items()
     }
-    assert {name: exposed.get(name) for name in SPEC_METRICS} == SPEC_METRICS
+    assert {name: exposed.get(name) for name in CONTRACT_METRICS} == CONTRACT_METRICS
 
     def value(sample_name: str, **labels: str) -> float | None:
         family = families[sample_name.removesuffix("_total").removesuffix("_count")]

@@ -34,7 +34,7 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
 
 
 def test_defaults_match_the_spec() -> None:
-    """Only mtt is required; the rest takes SPEC §4's defaults."""
+    """Only mtt is required; the rest takes the defaults config.example.yaml documents."""
     config = parse_config(MINIMAL, env={})
     assert config.mtt.oauth_url == "https://oauth.mtt.ru"
     assert config.mtt.api_url == "https://openapi.mtt.ru"

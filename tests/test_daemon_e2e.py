@@ -49,7 +49,7 @@ START_S = 20.0
 PARKING_WINDOW_S = 2.0
 BUDGET_MS = 1500
 NO_FALLBACK = RULES.replace("  managers: [sidorov]\n", "  managers: []\n")
-SPEC_METRICS = (
+CONTRACT_METRICS = (
     "mtt_router_notifications_total",
     "mtt_router_decisions_total",
     "mtt_router_decision_seconds",
@@ -362,7 +362,7 @@ async def test_login_then_scripted_calls(start: Start) -> None:
     await until(counted, "the duplicate is counted")
     families = await setup.metrics()
     exposed = {f"{n}_total" if f.type == "counter" else n for n, f in families.items()}
-    assert sorted(set(SPEC_METRICS) - exposed) == []
+    assert sorted(set(CONTRACT_METRICS) - exposed) == []
     decisions = {
         outcome: sample(families, "mtt_router_decisions_total", outcome=outcome)
         for outcome in ("transferred", "duplicate", "fallback_pbx", "error", "missed_window")

@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 from urllib.parse import quote
 
 from router.simulator.config import SimConfig
+from router.simulator.delivery import Delivery
 from router.simulator.faults import Faults
 from router.simulator.pbx import Pbx
 from router.simulator.records import (
@@ -25,7 +26,7 @@ from router.simulator.records import (
     Refusal,
     SimCall,
 )
-from router.simulator.webhook import WebhookSender, encode
+from router.simulator.webhook import WebhookSender
 from router.simulator.wire import (
     CallInfoWire,
     IdMaker,
@@ -35,7 +36,6 @@ from router.simulator.wire import (
     outgoing_info,
     recorded_info,
     start_time,
-    vpbx_notification,
 )
 
 REASON_NORMAL = "Normal call clearing"
@@ -63,16 +63,19 @@ class CallEngine:
         self.pbx = pbx
         self.ids = ids
         self.faults = faults
-        self.webhook_url = config.webhook_url
         self.calls: OrderedDict[str, SimCall] = OrderedDict()
-        self.vpbx_sent: list[NotificationRecord] = []
         self.unknown_commands = 0
-        self._sender = sender
+        self.delivery = Delivery(config, sender)
         self._live: set[SimCall] = set()
-        self._waits: set[asyncio.Future[None]] = set()
-        self._closing = False
-        self._generation = 0
-        """Bumped by :meth:`shutdown`: answers to POSTs sent before it no longer move calls."""
+
+    @property
+    def webhook_url(self) -> str | None:
+        """Where notifications go (``None``: nowhere; they are recorded as undelivered)."""
+        return self.delivery.webhook_url
+
+    @webhook_url.setter
+    def webhook_url(self, url: str | None) -> None:
+        self.delivery.webhook_url = url
 
     # -- placing calls --------------------------------------------------------------------
 
@@ -325,7 +328,7 @@ class CallEngine:
             call.timer = None
 
     def _later(self, call: SimCall, delay_ms: float, fn: Callable[..., None], *args: Any) -> None:
-        if not self._closing:
+        if not self.delivery.closing:
             loop = asyncio.get_running_loop()
             call.timer = loop.call_later(max(0.0, delay_ms) / 1000.0, fn, *args)
 
@@ -336,75 +339,13 @@ class CallEngine:
         then: Callable[[], None] | None = None,
         copies: int = 1,
     ) -> NotificationRecord:
-        """Record and POST one notification (``copies`` times at once); then run ``then``."""
+        """Record and POST one notification of ``call`` (``copies`` times); then run ``then``."""
         payload = call_notification(info)
-        state = info["state"]
-        if state in self.config.skip_states:
-            record = NotificationRecord(state, time.monotonic(), time.time(), payload)
-            record.error = "skipped"
-            call.notifications.append(record)
-            if then is not None:
-                asyncio.get_running_loop().call_soon(self._continue, then, self._generation)
-            return record
-        body = encode(payload)
-        first: NotificationRecord | None = None
-        for _ in range(copies):
-            record = NotificationRecord(state, time.monotonic(), time.time(), payload)
-            call.notifications.append(record)
-            self._deliver(record, body, then)
-            first = first or record
-            then = None
-        assert first is not None
-        return first
-
-    def _continue(self, then: Callable[[], None], generation: int) -> None:
-        if not self._closing and generation == self._generation:
-            then()
-
-    def _deliver(
-        self, record: NotificationRecord, body: bytes, then: Callable[[], None] | None
-    ) -> None:
-        """POST ``body``; record the answer, then run ``then`` (a callback: no task per POST)."""
-        url = self.webhook_url
-        if url is None:
-            record.error = "no webhook URL set"
-            if then is not None:
-                asyncio.get_running_loop().call_soon(self._continue, then, self._generation)
-            return
-        generation = self._generation
-
-        def answered(status: int | None, exc: BaseException | None) -> None:
-            if exc is not None:
-                record.error = f"{type(exc).__name__}: {exc}"
-            else:
-                record.status = status
-            if then is not None:
-                self._continue(then, generation)
-
-        try:
-            self._sender.send(url, body, answered)
-        except ValueError as exc:  # a URL the sender cannot use
-            asyncio.get_running_loop().call_soon(answered, None, exc)
+        return self.delivery.send(call.notifications, info["state"], payload, then, copies)
 
     async def notify_vpbx(self, event_type: str) -> NotificationRecord:
         """Send ``vpbxNotifications`` with ``eventType`` and wait until it was delivered."""
-        record = NotificationRecord(
-            event_type, time.monotonic(), time.time(), vpbx_notification(event_type)
-        )
-        self.vpbx_sent.append(record)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def then() -> None:
-            if not done.done():
-                done.set_result(None)
-
-        self._deliver(record, encode(record.payload), then)
-        self._waits.add(done)
-        try:
-            await done
-        finally:
-            self._waits.discard(done)
-        return record
+        return await self.delivery.notify_vpbx(event_type)
 
     def live_calls(self) -> int:
         """Calls not finished yet."""
@@ -412,24 +353,18 @@ class CallEngine:
 
     async def shutdown(self) -> None:
         """Stop every timer and delivery; calls in flight stay as they are in the records."""
-        self._closing = True
+        self.delivery.close()
         for call in self._live:
             self._cancel_timer(call)
             # Release anyone awaiting the call; its record stays as it was.
             call.trying_done.set()
             call.outcome_known.set()
             call.finished.set()
-        self._generation += 1
-        for wait in list(self._waits):
-            if not wait.done():
-                wait.set_result(None)
         self._live.clear()
 
     async def reset(self) -> None:
         """Drop every call and record, keep running."""
         await self.shutdown()
-        self._closing = False
+        self.delivery.reopen()
         self.calls.clear()
-        self.vpbx_sent.clear()
         self.unknown_commands = 0
-        self.webhook_url = self.config.webhook_url
