@@ -1,8 +1,9 @@
-"""The call lifecycle as we infer it from MTT's document, in one place.
+"""The call lifecycle as we infer it from MTT's document: what the engine reads calls by.
 
-MTT documents each notification but not the whole sequence of a call. The simulator *produces*
-calls by this model and the engine *reads* them by it; when real traffic shows otherwise, correct
-it here and both follow.
+MTT documents each notification but not the whole sequence of a call; docs/CALL_MODEL.md is our
+model of it. The engine reads calls through this module; the simulator plays them by the same
+page in :mod:`router.simulator.calls` (it takes only :data:`PARKING_WINDOW_S` from here). When real
+traffic shows otherwise, correct the page, this module and the simulator together.
 
 Incoming call to a parked external number::
 

@@ -5,8 +5,8 @@ the previous one, then ``terminateCall`` when every target was refused; each com
 an :class:`Attempt` value. :func:`conclude` turns the decision and its attempts into the call's
 :class:`Outcome`, reasons and error: nothing else assigns an outcome.
 
-The ambiguous-answer rule (README, "What MTT may have applied"): only a 4xx, or a connection
-that was refused before anything was sent, means "not applied, try the next candidate". A 5xx, a
+The ambiguous-answer rule (docs/CALL_MODEL.md, "Commands"): only a 4xx, or a connection that
+was refused before anything was sent, means "not applied, try the next candidate". A 5xx, a
 timeout or a connection broken after sending may have been applied: no further command for that
 call. No command is sent once the decision budget is spent.
 """
@@ -40,7 +40,7 @@ class Commander(Protocol):
 
 
 class Outcome(enum.StrEnum):
-    """``mtt_router_decisions_total{outcome}`` (README, "Metrics")."""
+    """``mtt_router_decisions_total{outcome}`` (README.md, "Watch it")."""
 
     TRANSFERRED = "transferred"
     FALLBACK_PBX = "fallback_pbx"
@@ -109,8 +109,8 @@ class Conclusion:
 
 
 def classify(exc: UpstreamError) -> Result:
-    """Whether MTT may have applied a command that failed with ``exc`` (README, "What MTT may
-    have applied"): only a 4xx answer or a refused connection means it certainly did not."""
+    """Whether MTT may have applied a command that failed with ``exc`` (docs/CALL_MODEL.md,
+    "Commands"): only a 4xx answer or a refused connection means it certainly did not."""
     if isinstance(exc, UpstreamConnectionError):
         return Result.REFUSED if exc.retryable else Result.AMBIGUOUS
     if exc.status is not None and exc.status < 500:

@@ -9,7 +9,7 @@ A parked ``trying`` gets exactly one decision, in four steps:
 4. **carry out** — :mod:`router.dispatch` sends the commands and computes the one outcome.
 
 Other call states update who is on a call; ``vpbxNotifications`` refresh the directory. Every
-decision ends in exactly one outcome (README, "Metrics") and one canonical log line.
+decision ends in exactly one outcome (README.md, "Watch it") and one canonical log line.
 
 The engine depends on protocols only (a :class:`~router.dispatch.Commander`, a :class:`RulesView`,
 a :class:`DirectoryView`, a :class:`Clock` and the storage seams), so tests build it with fakes.

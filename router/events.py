@@ -115,6 +115,11 @@ class CallEvent:
     raw_state: str = ""
 
     @property
+    def labels(self) -> tuple[str, str]:
+        """``notifications_total{event,state}``."""
+        return ("callNotifications", self.state.value)
+
+    @property
     def forwarded(self) -> bool:
         """True when the leg already went through forwarding (either side has forwarders)."""
         return bool(self.caller.forwarders or self.callee.forwarders)
@@ -127,12 +132,22 @@ class VpbxEvent:
     type: VpbxEventType
     raw_type: str
 
+    @property
+    def labels(self) -> tuple[str, str]:
+        """``notifications_total{event,state}``."""
+        return ("vpbxNotifications", self.type.value)
+
 
 @dataclass(frozen=True, slots=True)
 class UnknownEvent:
     """An event name we do not know; counted and ignored."""
 
     name: str
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """``notifications_total{event,state}``: one series for every unknown name (bounded)."""
+        return ("unknown", "")
 
 
 Event = CallEvent | VpbxEvent | UnknownEvent

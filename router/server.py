@@ -18,7 +18,7 @@ from prometheus_client import Counter
 from router.clock import WallClock
 from router.config import Config
 from router.errors import EventShapeError
-from router.events import CallEvent, Event, VpbxEvent, parse_event
+from router.events import Event, parse_event
 from router.metrics import Metrics
 from router.oauth_callback import LoginOutcome, OAuthCallback, add_callback_routes
 from router.services import CLOCK, CONFIG, METRICS, SERVICES, services_ctx
@@ -39,12 +39,7 @@ class _NotificationCounter:
         self._children: dict[tuple[str, str], Counter] = {}
 
     def inc(self, event: Event) -> None:
-        if isinstance(event, CallEvent):
-            key = ("callNotifications", event.state.value)
-        elif isinstance(event, VpbxEvent):
-            key = ("vpbxNotifications", event.type.value)
-        else:
-            key = ("unknown", "")
+        key = event.labels
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self._counter.labels(*key)

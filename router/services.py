@@ -26,6 +26,7 @@ from router.mtt.auth import TokenManager
 from router.mtt.client import MttClient, make_session
 from router.mtt.oauth import OAuthClient
 from router.rules.source import FileRulesSource, RulesHolder, SharedRulesSource
+from router.sources import DEFAULT_SOURCES
 from router.state.factory import Stores, open_stores
 
 log = structlog.get_logger("router")
@@ -133,6 +134,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             presence=stores.presence,
             budget_ms=config.routing.decision_budget_ms,
             clock=LoopClock(app.get(CLOCK, utc_now)),
+            # Sources that need a resource (a CRM lookup's session) are added to these here.
+            sources=DEFAULT_SOURCES,
         )
         # Closed first: in-flight decisions finish (bounded by the budget) while the session,
         # tokens and stores they use are still open.

@@ -1,4 +1,4 @@
-"""The call generator: plays each call through :mod:`router.callmodel`'s lifecycle.
+"""The call generator: plays each call through the lifecycle of docs/CALL_MODEL.md.
 
 Every step is a ``loop.call_later`` timer or the continuation of one webhook POST, so a call costs
 no task while it waits (the bench pushes hundreds of calls a second through here). A call's next
