@@ -5,6 +5,7 @@ Correctness only (every call routed, the report's shape): timings depend on the 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -128,9 +129,9 @@ def test_percentiles_medians_and_table() -> None:
     assert percentile([3.0], 99) == 3.0
     text = table([("#1", {"rate": 10.0, "p99_ms": None, "sent": 5})])
     assert text.splitlines()[1].split()[:3] == ["#1", "10", "-"]
-    base = dict.fromkeys(RUN_KEYS, 1.0)
+    base = RunResult(**dict.fromkeys(RUN_KEYS, 1))
     runs = [
-        RunResult(**{**base, "p99_ms": p99, "daemon_rss_mb": rss})
+        dataclasses.replace(base, p99_ms=p99, daemon_rss_mb=rss)
         for p99, rss in ((3.0, None), (30.0, 50.0), (4.0, 70.0))
     ]
     summary = medians(runs)

@@ -9,14 +9,14 @@ broken connection after sending may have been applied, so no further command fol
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
 import pytest
 
-from router.context import CallerContext, Read, Verdict
+from router.context import CallerContext, MatchKind, Read, Verdict
 from router.dispatch import Outcome
 from router.engine import DecisionRecord, Engine
 from router.errors import (
@@ -32,9 +32,15 @@ from router.events import CallEvent, CallRef, CallState, CallType, Party, VpbxEv
 from router.metrics import Metrics
 from router.rules import Rules, load_rules
 from router.rules.source import LoadedRules
-from router.sources import CLIENTS_SPACE, DEFAULT_SOURCES, ClientsSource, PrefixSource
+from router.sources import (
+    CLIENTS_SPACE,
+    DEFAULT_SOURCES,
+    CandidateSource,
+    ClientsSource,
+    PrefixSource,
+)
 from router.state.memory import MemoryCallStore, MemoryPresence
-from router.state.protocols import Gathered
+from router.state.protocols import CallStore, Gathered
 
 RULES = """\
 version: 1
@@ -90,9 +96,13 @@ class FakeCommander:
     clock: FakeClock
     script: list[Step] = field(default_factory=list)
     sent: list[tuple[Command, str | None, float]] = field(default_factory=list)
+    hold: asyncio.Event | None = None
+    """When set, every command waits for it (a command that never returns)."""
 
     async def _answer(self, command: Command, workplace: str | None, deadline: float) -> None:
         self.sent.append((command, workplace, deadline))
+        if self.hold is not None:
+            await self.hold.wait()
         step = self.script.pop(0) if self.script else Step()
         self.clock.t += step.takes_s
         if step.raises is not None:
@@ -181,8 +191,8 @@ def make(
     *steps: Step,
     rules: Rules | None = None,
     loaded: bool = True,
-    calls: object | None = None,
-    sources: object = DEFAULT_SOURCES,
+    calls: CallStore | None = None,
+    sources: Mapping[str, CandidateSource] = DEFAULT_SOURCES,
 ) -> Harness:
     """A harness whose commander answers ``steps`` in order (then OK)."""
     clock = FakeClock()
@@ -197,11 +207,11 @@ def make(
         commander=commander,
         rules=FakeRules(current),
         directory=directory,
-        calls=calls or MemoryCallStore(),  # type: ignore[arg-type]
+        calls=calls or MemoryCallStore(),
         presence=presence,
         budget_ms=BUDGET_MS,
         clock=clock,
-        sources=sources,  # type: ignore[arg-type]
+        sources=sources,
         on_decision=records.append,
     )
     return Harness(engine, clock, commander, directory, presence, metrics, records)
@@ -479,12 +489,7 @@ async def test_drain_stops_taking_calls() -> None:
 async def test_a_drain_that_times_out_cancels_and_still_logs_the_decision() -> None:
     """A decision stuck past the drain timeout is cancelled, yet reported (outcome error)."""
     h = make()
-    stuck = asyncio.Event()
-
-    async def hang(*_: object, **__: object) -> None:
-        await stuck.wait()
-
-    h.commander.transfer_call = hang  # type: ignore[method-assign]
+    h.commander.hold = asyncio.Event()
     h.engine.handle(trying(CLIENT), h.clock.t)
     await asyncio.sleep(0)  # let the task reach the commander
     assert await h.engine.drain(0.01) == 1
@@ -536,9 +541,9 @@ class FakeLookup:
     fail: bool = False
 
     @property
-    def kind(self) -> object:
+    def kind(self) -> MatchKind:
         """Reported as a client match."""
-        return ClientsSource.kind
+        return MatchKind.CLIENT
 
     def reads(self, caller: str) -> tuple[Read, ...]:
         """Nothing from the storage."""
@@ -559,7 +564,11 @@ class FakeLookup:
 async def test_a_fetching_source_runs_only_when_the_sources_before_it_named_nobody() -> None:
     """clients names the caller's manager: the lookup behind it is never asked."""
     lookup = FakeLookup("petrova")
-    sources = {"clients": ClientsSource(), "lookup": lookup, "prefixes": PrefixSource()}
+    sources: dict[str, CandidateSource] = {
+        "clients": ClientsSource(),
+        "lookup": lookup,
+        "prefixes": PrefixSource(),
+    }
     h = make(sources=sources)
     assert (await h.call()).manager == "ivanov"
     assert lookup.calls == 0

@@ -425,7 +425,8 @@ async def test_command_after_deadline_is_late_even_before_the_timer_fires(
         assert call.deadline is not None
         # Blocking the loop is the point: the window timer must not get to run.
         time.sleep(max(0.0, call.deadline - time.monotonic()) + 0.01)  # noqa: ASYNC251
-        assert call.outcome is None
+        before = call.outcome  # a local: the attribute changes under the command below
+        assert before is None
         with pytest.raises(CommandRefused) as refused:
             sim.engine.command("transfer", call.id, call.tag, call.transport_id, PETROVA)
         assert refused.value.refusal is Refusal.LATE
