@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -76,13 +75,6 @@ async def follow_authorize(http: aiohttp.ClientSession, url: str) -> tuple[str, 
         location = resp.headers["Location"]
     query = parse_qs(urlsplit(location).query)
     return query["code"][0], query["state"][0]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait for a condition another task brings about (checked every 10 ms), or fail."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():  # noqa: ASYNC110 - the state belongs to the simulator: no event
-            await asyncio.sleep(0.01)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

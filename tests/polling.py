@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -22,13 +22,30 @@ TIMEOUT_S = 10.0
 INTERVAL_S = 0.01
 
 
+# Typed so that a check answering ``X | None`` (sync or async) gives ``X``: None is never returned.
+@overload
 async def eventually(
-    check: Callable[[], T | Awaitable[T]],
+    check: Callable[[], Awaitable[T | None]],
+    what: str,
+    *,
+    timeout_s: float = ...,
+    interval_s: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T | None], what: str, *, timeout_s: float = ..., interval_s: float = ...
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any],
     what: str,
     *,
     timeout_s: float = TIMEOUT_S,
     interval_s: float = INTERVAL_S,
-) -> T:
+) -> Any:
     """The first truthy value of ``check()`` (awaited if it is awaitable), polled until then.
 
     Raises AssertionError ``not within {timeout_s} s: {what}`` when ``timeout_s`` passes first.
@@ -36,8 +53,9 @@ async def eventually(
     try:
         async with asyncio.timeout(timeout_s) as deadline:
             while True:
-                result = check()
-                value: T = await result if inspect.isawaitable(result) else result
+                value = check()
+                if inspect.isawaitable(value):
+                    value = await value
                 if value:
                     return value
                 await asyncio.sleep(interval_s)
@@ -48,7 +66,7 @@ async def eventually(
 
 
 def eventually_sync(
-    check: Callable[[], T],
+    check: Callable[[], T | None],
     what: str,
     *,
     timeout_s: float = TIMEOUT_S,

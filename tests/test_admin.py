@@ -19,8 +19,8 @@ from tests.fixtures.daemon import (
     daemon_sim_config,
     outcome_of,
     replace_file,
-    until,
 )
+from tests.polling import eventually
 
 CONTRACT_METRICS = {
     "mtt_router_notifications_total": "counter",
@@ -81,7 +81,7 @@ async def test_readyz_with_invalid_rules_at_start_is_503_naming_the_problem(
     async def ready() -> bool:
         return (await daemon.admin("/readyz"))[0] == 200
 
-    await until(ready, "ready once the rules file is fixed")
+    await eventually(ready, "ready once the rules file is fixed")
     assert (await daemon.status())["rules"]["version"] == 1
 
 
@@ -104,17 +104,17 @@ async def test_readyz_is_200_when_ready(daemon: RunningDaemon) -> None:
 async def test_status_content(start_daemon: StartDaemon) -> None:
     """/status: token expiry (never a token), rules version and counts, numbers, workplaces."""
     daemon = await start_daemon(park="all")
-    await until(
+    await eventually(
         lambda: len(daemon.sim.requests_to("setParkingNumbers")) == 1, "parking switched on"
     )
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER, talk_ms=5000)
     assert await outcome_of(call) == "transferred"
-    await until(lambda: "connected" in call.states, "the manager answered")
+    await eventually(lambda: "connected" in call.states, "the manager answered")
 
     async def busy_shown() -> bool:
         return bool((await daemon.status())["engine"]["busy"])
 
-    await until(busy_shown, "the busy workplace shows in /status")
+    await eventually(busy_shown, "the busy workplace shows in /status")
     async with daemon.http.get(daemon.admin_url + "/status") as resp:
         text = await resp.text()
     status = await daemon.status()

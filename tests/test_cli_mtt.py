@@ -119,11 +119,13 @@ async def test_auth_login_through_the_callback(
     """`auth login` prints the URL, takes MTT's redirect on its callback and stores tokens 0600."""
     command = asyncio.create_task(run("auth", "login", "--config", str(config_path)))
     printed = ""
-    async with asyncio.timeout(10):
-        while "/oauth/authorize?" not in printed:
-            await asyncio.sleep(0.02)
-            printed += capsys.readouterr().out
-    url = next(w for w in printed.split() if "/oauth/authorize?" in w)
+
+    def authorize_url() -> str | None:
+        nonlocal printed
+        printed += capsys.readouterr().out
+        return next((w for w in printed.split() if "/oauth/authorize?" in w), None)
+
+    url = await eventually(authorize_url, "auth login prints the authorize URL", timeout_s=10)
     async with sim_http.get(url) as page:  # the browser follows MTT's redirect to the callback
         assert page.status == 200
         assert "Authorised" in await page.text()
@@ -156,14 +158,15 @@ async def test_auth_login_refuses_a_forged_state(
         run("auth", "login", "--timeout", "3", "--config", str(config_path))
     )
     callback = f"http://127.0.0.1:{listen_port}/mtt"
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                async with sim_http.get(callback, params={"code": "c", "state": "forged"}) as r:
-                    assert r.status == 400
-                    break
-            except aiohttp.ClientConnectorError:
-                await asyncio.sleep(0.02)  # not listening yet
+
+    async def forged_status() -> int | None:
+        try:
+            async with sim_http.get(callback, params={"code": "c", "state": "forged"}) as r:
+                return r.status
+        except aiohttp.ClientConnectorError:
+            return None  # not listening yet
+
+    assert await eventually(forged_status, "auth login serves its callback", timeout_s=10) == 400
     assert await command == 1  # times out: the forged callback did not complete the login
     assert not (config_path.parent / "tokens.json").exists()
 

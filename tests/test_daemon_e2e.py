@@ -37,9 +37,9 @@ from tests.fixtures.daemon import (
     SIDOROV_WP,
     UNKNOWN_CALLER,
     replace_file,
-    until,
 )
 from tests.fixtures.net import free_port
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -183,7 +183,7 @@ class Setup:
             return bool(record["phase"] == "done")
 
         # Until the call is over, so that its workplace is free for the next call of the script.
-        await until(resolved, f"call {call_id} over at the simulator")
+        await eventually(resolved, f"call {call_id} over at the simulator")
         return record
 
     async def metrics(self) -> dict[str, Any]:
@@ -281,8 +281,8 @@ log:
                 return (await setup.get(setup.admin_url + "/healthz"))[0] == 200
             return False
 
-        await until(healthy, "the daemon answers /healthz", timeout_s=START_S)
-        await until(lambda: bool(daemon.events("listening")), "the 'listening' log line")
+        await eventually(healthy, "the daemon answers /healthz", timeout_s=START_S)
+        await eventually(lambda: bool(daemon.events("listening")), "the 'listening' log line")
         assert daemon.events("listening")[0]["events_path"] == "/mtt/events"
         return setup
 
@@ -305,7 +305,7 @@ async def ready(setup: Setup) -> None:
         status = await setup.status()
         return code == 200 and status["directory"]["workplaces"] is not None
 
-    await until(check, "the daemon is ready")
+    await eventually(check, "the daemon is ready")
 
 
 async def test_login_then_scripted_calls(start: Start) -> None:
@@ -359,7 +359,7 @@ async def test_login_then_scripted_calls(start: Start) -> None:
         families = await setup.metrics()
         return sample(families, "mtt_router_decisions_total", outcome="duplicate") == 1
 
-    await until(counted, "the duplicate is counted")
+    await eventually(counted, "the duplicate is counted")
     families = await setup.metrics()
     exposed = {f"{n}_total" if f.type == "counter" else n for n, f in families.items()}
     assert sorted(set(CONTRACT_METRICS) - exposed) == []
@@ -398,8 +398,8 @@ async def test_rules_edits_and_sighup(start: Start) -> None:
     # No fallback managers any more: unknown callers go straight back to the PBX.
     replace_file(setup.rules_path, NO_FALLBACK)
     daemon.proc.send_signal(signal.SIGHUP)
-    await until(lambda: bool(daemon.events("rules_reload", reason="SIGHUP")), "SIGHUP reload")
-    await until(lambda: _no_fallback(setup), "the new rules are in use")
+    await eventually(lambda: bool(daemon.events("rules_reload", reason="SIGHUP")), "SIGHUP reload")
+    await eventually(lambda: _no_fallback(setup), "the new rules are in use")
     call = await setup.call(UNKNOWN_CALLER)
     assert (call["outcome"], call["command"]["kind"]) == ("terminated", "terminate")
     good_version = (await setup.status())["rules"]["version"]
@@ -407,7 +407,7 @@ async def test_rules_edits_and_sighup(start: Start) -> None:
     # An invalid edit, then SIGHUP: rejected, the last good rules stay.
     replace_file(setup.rules_path, INVALID_RULES)
     daemon.proc.send_signal(signal.SIGHUP)
-    await until(lambda: bool(daemon.events("rules_rejected")), "the invalid edit is rejected")
+    await eventually(lambda: bool(daemon.events("rules_rejected")), "the invalid edit is rejected")
     status = await setup.status()
     assert status["rules"]["version"] == good_version
     assert "nobody" in status["rules"]["last_error"]
@@ -427,7 +427,7 @@ async def test_rules_edits_and_sighup(start: Start) -> None:
         rules = (await setup.status())["rules"]
         return bool(rules["last_error"] is None and rules["version"] > good_version)
 
-    await until(fixed, "the watcher loads the fixed file")
+    await eventually(fixed, "the watcher loads the fixed file")
     call = await setup.call(UNKNOWN_CALLER)
     assert call["command"]["workplace"] == SIDOROV_WP
     assert await daemon.stop() == 0
@@ -452,7 +452,7 @@ async def test_sigterm_with_a_call_in_flight(start: Start) -> None:
         _, body = await setup.get(setup.sim_url + "/_sim/requests?endpoint=transferCall")
         return len(body["requests"]) == 1
 
-    await until(sent, "transferCall reached MTT")
+    await eventually(sent, "transferCall reached MTT")
     code = await setup.daemon.stop(signal.SIGTERM)
     assert code == 0, setup.daemon.tail()
     stopping = setup.daemon.events("stopping")

@@ -34,8 +34,8 @@ from tests.fixtures.daemon import (
     outcome_of,
     replace_file,
     routed_to,
-    until,
 )
+from tests.polling import eventually
 
 NO_FALLBACK_PBX = RULES.replace("  managers: [sidorov]\n", "  managers: []\n")
 NO_FALLBACK_WAIT = NO_FALLBACK_PBX.replace("otherwise: pbx", "otherwise: wait")
@@ -134,12 +134,12 @@ async def test_manager_on_a_call_is_skipped(daemon: RunningDaemon) -> None:
     """While the manager is connected (not finished) the next call goes to the fallback."""
     first = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER, talk_ms=1500)
     assert await outcome_of(first) == "transferred"
-    await until(lambda: "connected" in first.states, "the manager answered")
+    await eventually(lambda: "connected" in first.states, "the manager answered")
 
     async def busy() -> bool:
         return bool((await daemon.status())["engine"]["busy"] == [IVANOV_WP])
 
-    await until(busy, "the daemon knows the manager is on a call")
+    await eventually(busy, "the daemon knows the manager is on a call")
     second = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(second) == "transferred"
     assert routed_to(second) == SIDOROV_WP
@@ -150,7 +150,7 @@ async def test_manager_on_a_call_is_skipped(daemon: RunningDaemon) -> None:
     async def free() -> bool:
         return bool((await daemon.status())["engine"]["busy"] == [])
 
-    await until(free, "the manager is free again")
+    await eventually(free, "the manager is free again")
     third = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(third) == "transferred"
     assert routed_to(third) == IVANOV_WP
@@ -205,7 +205,7 @@ async def test_number_not_ours_is_not_routed_until_numbers_changed(
     async def listed() -> bool:
         return NEW_NUMBER in (await daemon.status())["directory"]["numbers"]
 
-    await until(listed, "the directory lists the new number")
+    await eventually(listed, "the directory lists the new number")
     call = await sim.place_call(IVANOV_CLIENT, NEW_NUMBER)
     assert await outcome_of(call) == "transferred"
     assert routed_to(call) == IVANOV_WP
@@ -215,9 +215,11 @@ async def test_new_number_is_parked_with_park_all(start_daemon: StartDaemon) -> 
     """routing.park: all: a number that numbersChanged brings is parked too, then routed."""
     daemon = await start_daemon(park="all")
     sim = daemon.sim
-    await until(lambda: len(sim.requests_to("setParkingNumbers")) == 1, "parking at start-up")
+    await eventually(lambda: len(sim.requests_to("setParkingNumbers")) == 1, "parking at start-up")
     await sim.set_numbers([*DOC_NUMBERS, NEW_NUMBER])  # sends numbersChanged
-    await until(lambda: len(sim.requests_to("setParkingNumbers")) == 2, "the new number parked")
+    await eventually(
+        lambda: len(sim.requests_to("setParkingNumbers")) == 2, "the new number parked"
+    )
     assert sim.requests_to("setParkingNumbers")[1].body == {
         "params": {"numbers": [NEW_NUMBER], "isParking": True}
     }
@@ -236,7 +238,7 @@ async def test_workplaces_changed_refreshes_workplaces(daemon: RunningDaemon) ->
         workplaces = (await daemon.status())["directory"]["workplaces"]
         return IVANOV_WP not in {w["workplace"] for w in workplaces}
 
-    await until(refreshed, "the directory dropped the workplace")
+    await eventually(refreshed, "the directory dropped the workplace")
     call = await sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(call) == "transferred"
     assert routed_to(call) == SIDOROV_WP
@@ -253,7 +255,7 @@ async def test_park_switches_parking_on_at_start(
     """routing.park: setParkingNumbers(isParking: true) for those numbers at start-up."""
     sim.set_parking(DOC_NUMBERS, False)  # as if nobody had switched parking on in MTT yet
     daemon = await start_daemon(park=park, wait_ready=False)
-    await until(lambda: bool(daemon.sim.requests_to("setParkingNumbers")), "setParkingNumbers")
+    await eventually(lambda: bool(daemon.sim.requests_to("setParkingNumbers")), "setParkingNumbers")
     request = daemon.sim.requests_to("setParkingNumbers")[0]
     assert isinstance(request.body, dict)
     assert request.body == {"params": {"numbers": parked, "isParking": True}}
@@ -263,7 +265,7 @@ async def test_park_switches_parking_on_at_start(
     async def shown() -> bool:
         return bool((await daemon.status())["directory"]["parked_numbers"] == parked)
 
-    await until(shown, "/status lists the parked numbers")
+    await eventually(shown, "/status lists the parked numbers")
 
 
 # -- MTT misbehaving ---------------------------------------------------------------------------
@@ -312,7 +314,7 @@ async def test_mtt_slower_than_the_budget_is_a_missed_window(daemon: RunningDaem
     # Nothing else is attempted once the budget is spent.
     assert commands(daemon, call.id, "terminateCall") == []
     assert len(daemon.sim.requests_to("transferCall")) == 1
-    await until(lambda: call.late, "MTT got the transfer after its window and refused it")
+    await eventually(lambda: call.late, "MTT got the transfer after its window and refused it")
     # The daemon carries on: the next call is routed normally.
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(call) == "transferred"
@@ -360,13 +362,13 @@ async def test_rules_file_edits_valid_applied_invalid_kept(daemon: RunningDaemon
     async def version(v: int) -> bool:
         return bool((await daemon.status())["rules"]["version"] == v)
 
-    await until(lambda: version(2), "the edit is loaded")
+    await eventually(lambda: version(2), "the edit is loaded")
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await finished(call) == "transferred"
     assert routed_to(call) == PETROVA_WP
 
     replace_file(daemon.rules_path, INVALID_RULES)
-    await until(
+    await eventually(
         lambda: daemon.sample("mtt_router_rules_reloads_total", result="error") == 1,
         "the invalid edit is rejected",
     )
@@ -382,7 +384,7 @@ async def test_rules_file_edits_valid_applied_invalid_kept(daemon: RunningDaemon
     assert call.command.workplace == PETROVA_WP  # the last good rules (version 2)
 
     replace_file(daemon.rules_path, RULES)
-    await until(lambda: version(3), "the fixed file is loaded")
+    await eventually(lambda: version(3), "the fixed file is loaded")
     assert (await daemon.status())["rules"]["last_error"] is None
     assert daemon.sample("mtt_router_rules_reloads_total", result="ok") == 3
 
@@ -402,7 +404,7 @@ async def test_sighup_reloads_the_rules(
     async def reloaded() -> bool:
         return bool((await daemon.status())["rules"]["version"] == 2)
 
-    await until(reloaded, "SIGHUP reloaded the rules")
+    await eventually(reloaded, "SIGHUP reloaded the rules")
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(call) == "transferred"
     assert routed_to(call) == PETROVA_WP
@@ -416,7 +418,7 @@ async def test_stop_lets_an_inflight_transfer_finish(start_daemon: StartDaemon) 
     daemon = await start_daemon(budget_ms=900)
     daemon.sim.faults.set("transferCall", EndpointFault(latency_ms=400))
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
-    await until(lambda: bool(daemon.sim.requests_to("transferCall")), "transferCall sent")
+    await eventually(lambda: bool(daemon.sim.requests_to("transferCall")), "transferCall sent")
     assert routed_to(call) is None  # MTT has not answered yet
     assert await daemon.stop() == 0
     # serve() returned only after MTT's answer: the transfer was carried out and counted.
@@ -435,4 +437,4 @@ async def test_rules_pointing_at_unlisted_workplaces_are_reported(
     async def reported() -> bool:
         return daemon.sample("mtt_router_rules_entries", kind="unlisted_workplaces") == 1.0
 
-    await until(reported, "the unlisted workplace is counted")
+    await eventually(reported, "the unlisted workplace is counted")

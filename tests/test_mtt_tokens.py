@@ -27,8 +27,8 @@ from tests.mtt_support import (
     json_logs,
     manager,
     sample,
-    wait_until,
 )
+from tests.polling import eventually
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ async def test_proactive_refresh_before_expiry(session: aiohttp.ClientSession) -
         tm = manager(session, sim, store)
         await tm.start()
         try:
-            await wait_until(lambda: tm.version == 2, timeout_s=8)
+            await eventually(lambda: tm.version == 2, "the refreshed set (version 2)", timeout_s=8)
             [refresh] = sim.requests_to("token")
             # Due at 4.0 s (80%), expiring at 5.0 s.
             assert 4.0 <= refresh.received_at_wall - initial.obtained_at < 5.0
@@ -134,7 +134,7 @@ async def test_refresh_token_is_kept_alive(session: aiohttp.ClientSession) -> No
         tm = manager(session, sim, store)
         await tm.start()
         try:
-            await wait_until(lambda: refreshes(sim) >= 1, timeout_s=3)
+            await eventually(lambda: refreshes(sim) >= 1, "a refresh", timeout_s=3)
             assert tm.tokens is not None
             assert tm.tokens.refresh_valid()
         finally:
@@ -286,7 +286,9 @@ async def test_revoked_refresh_token_enters_needs_login(
             with pytest.raises(NeedsLoginError):
                 await tm.access_token()  # fails fast, without asking MTT again
             polled = loads[0]
-            await wait_until(lambda: loads[0] >= polled + 5)  # the refresher keeps polling
+            await eventually(  # the refresher keeps polling
+                lambda: loads[0] >= polled + 5, "5 more store loads", timeout_s=5.0
+            )
             assert tm._refresher is not None
             assert tm._refresher.running
         finally:
@@ -326,7 +328,7 @@ async def test_needs_login_left_when_another_process_logs_in(
     try:
         assert tm.needs_login
         await FileTokenStore(path).save(issued_set(sim, version=5), expected_version=None)
-        await wait_until(lambda: not tm.needs_login)
+        await eventually(lambda: not tm.needs_login, "the stored set adopted", timeout_s=5.0)
         assert tm.version == 5
     finally:
         await tm.close()
@@ -341,7 +343,9 @@ async def test_transient_refresh_errors_back_off_and_recover(
     sim.faults.set("token", EndpointFault(status=503, count=1))
     await tm.start()
     try:
-        await wait_until(lambda: refreshes(sim) == 1, timeout_s=4)  # after a ~1 s back-off
+        await eventually(  # after a ~1 s back-off
+            lambda: refreshes(sim) == 1, "a refresh after the 503", timeout_s=4
+        )
         assert sample(metrics, "mtt_router_token_refreshes_total", result="error") == 1
         assert not tm.needs_login
     finally:
@@ -402,7 +406,9 @@ async def test_close_lets_an_in_flight_refresh_finish(
     await tm.load()
     sim.faults.set("token", EndpointFault(latency_ms=200))
     caller = asyncio.create_task(tm.access_token())
-    await wait_until(lambda: len(sim.requests_to("token")) == 1)
+    await eventually(
+        lambda: len(sim.requests_to("token")) == 1, "the refresh request at MTT", timeout_s=5.0
+    )
     caller.cancel()  # the caller gives up (its deadline passed) ...
     await tm.close()  # ... but the refresh completes and is saved
     stored = await store.load()

@@ -9,9 +9,9 @@ from tests.fixtures.daemon import (
     RunningDaemon,
     StartDaemon,
     outcome_of,
-    until,
 )
 from tests.fixtures.net import RedisServer
+from tests.polling import eventually
 
 
 async def test_starts_while_redis_is_down_and_recovers(
@@ -31,7 +31,7 @@ async def test_starts_while_redis_is_down_and_recovers(
         _, body = await daemon.admin("/readyz")
         return bool(body["checks"]["storage"] == "ok")
 
-    await until(storage_ok, "storage answers again")
+    await eventually(storage_ok, "storage answers again")
     assert daemon.sample("mtt_router_storage_up") == 1.0
 
 
@@ -56,9 +56,9 @@ async def test_numbers_changed_during_a_fetch_is_fetched_again(daemon: RunningDa
     async def fetching() -> bool:
         return len(daemon.sim.requests_to("externalNumbersInfo")) > before
 
-    await until(fetching, "the first fetch started")
+    await eventually(fetching, "the first fetch started")
     assert (await daemon.post_event(event))[0] == 200  # arrives during the slow fetch
-    await until(
+    await eventually(
         lambda: len(daemon.sim.requests_to("externalNumbersInfo")) >= before + 2,
         "a second fetch after the notification that came mid-fetch",
     )

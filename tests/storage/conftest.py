@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import pytest
@@ -53,26 +51,6 @@ def ops(make_ops: MakeOps) -> RedisOps:
 def outage_ops(make_ops: MakeOps, redis_server: RedisServer) -> RedisOps:
     """A client on the private redis-server itself (never ``REDIS_URL``): tests stop it."""
     return make_ops(url=redis_server.url)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 2.0) -> float:
-    """Wait (bounded) for ``predicate()`` to hold; return how long it took."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 2.0) -> float:
-    """Wait (bounded) for ``await check()`` to be true; return how long it took."""
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
 
 
 def errors(ops: RedisOps, op: str) -> float:

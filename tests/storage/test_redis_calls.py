@@ -10,7 +10,8 @@ from router.state.redis_claims import LocalClaims, RedisCallStore
 from router.state.redis_conn import RedisOps
 from router.state.redis_presence import RedisPresence
 from tests.fixtures.net import RedisServer
-from tests.storage.conftest import MakeOps, errors, eventually, wait_until
+from tests.polling import eventually
+from tests.storage.conftest import MakeOps, errors
 
 
 async def test_each_call_is_claimed_once_across_two_replicas(make_ops: MakeOps) -> None:
@@ -67,11 +68,13 @@ async def test_presence_is_shared_within_a_second(make_ops: MakeOps) -> None:
         await asyncio.wait_for(two.subscriber.subscribed.wait(), 2)
         await one.set_busy("wp1", "call-1", 60)
         assert one.busy() == {"wp1"}  # at once, locally
-        seen_after_s = await wait_until(lambda: "wp1" in two.busy(), 1.0)
+        started = time.monotonic()
+        await eventually(lambda: "wp1" in two.busy(), "wp1 busy on the other", timeout_s=1.0)
+        seen_after_s = time.monotonic() - started
         print(f"busy seen by the other replica after {seen_after_s * 1000:.1f} ms")
         await one.set_free("wp1", "call-1")
         assert one.busy() == frozenset()
-        await wait_until(lambda: not two.busy(), 1.0)
+        await eventually(lambda: not two.busy(), "wp1 free on the other", timeout_s=1.0)
     finally:
         await two.aclose()
 
@@ -84,7 +87,7 @@ async def test_presence_snapshot_on_start_and_key_ttl(make_ops: MakeOps) -> None
     assert 30_000 < await one._ops.client.pttl(one.key) <= 60_000
     two.start()
     try:
-        await wait_until(lambda: two.busy() == {"wp1", "wp2"})
+        await eventually(lambda: two.busy() == {"wp1", "wp2"}, "the snapshot loaded", timeout_s=2.0)
     finally:
         await two.aclose()
 
@@ -94,17 +97,17 @@ async def test_presence_entries_expire(ops: RedisOps) -> None:
     presence = RedisPresence(ops)
     await presence.set_busy("wp1", "c1", 0.05)
     assert presence.busy() == {"wp1"}
-    await wait_until(lambda: not presence.busy())
+    await eventually(lambda: not presence.busy(), "expired locally", timeout_s=2.0)
 
     async def expired_in_redis() -> bool:
         return await presence.sync() and not presence.busy()
 
-    await eventually(expired_in_redis)
+    await eventually(expired_in_redis, "expired in Redis", timeout_s=2.0)
 
     async def key_gone() -> bool:  # the key's TTL covers its longest member
         return not await ops.client.exists(presence.key)
 
-    await eventually(key_gone, 1.0)
+    await eventually(key_gone, "the presence key expired", timeout_s=1.0)
 
 
 async def test_a_workplace_on_two_calls_stays_busy_until_both_end(ops: RedisOps) -> None:

@@ -18,7 +18,8 @@ from router.state.clients_csv import fast_normalize
 from router.state.redis_clients import ClientMap
 from router.state.redis_conn import RedisOps
 from tests.fixtures.net import RedisServer
-from tests.storage.conftest import MakeOps, errors, eventually, wait_until
+from tests.polling import eventually
+from tests.storage.conftest import MakeOps, errors
 
 
 @pytest.fixture
@@ -70,10 +71,12 @@ async def test_a_change_reaches_the_other_replicas_cache_within_a_second(
     assert await b.get(number) is None
     assert number in b._cache  # cached as a miss
     await a.set(number, "ivanov")
-    elapsed_s = await eventually(manager_is(b, number, "ivanov"), 1.0)
+    started = time.monotonic()
+    await eventually(manager_is(b, number, "ivanov"), "B answers ivanov", timeout_s=1.0)
+    elapsed_s = time.monotonic() - started
     print(f"other replica saw the change after {elapsed_s * 1000:.1f} ms")
     await a.delete(number)
-    await eventually(manager_is(b, number, None), 1.0)
+    await eventually(manager_is(b, number, None), "B forgets it", timeout_s=1.0)
 
 
 def manager_is(
@@ -128,7 +131,11 @@ async def test_stale_cache_serves_while_redis_is_down(
         await clients.set("79219462761", "ivanov")
         assert await clients.get("79219462761") == "ivanov"
         redis_server.stop()
-        await wait_until(lambda: not clients.subscriber.subscribed.is_set())
+        await eventually(
+            lambda: not clients.subscriber.subscribed.is_set(),
+            "the subscriber notices Redis is gone",
+            timeout_s=2.0,
+        )
         assert await clients.get("79219462761") == "ivanov"
         started = time.monotonic()
         with pytest.raises(StorageError):
@@ -181,7 +188,7 @@ async def test_import_rows_in_batches_reaches_other_replicas(
     result = await a.import_csv(rows)
     assert (result.imported, result.added, result.bad_rows) == (50, 50, 0)
     assert await a.count() == 50
-    await eventually(manager_is(b, "79990000005", "ivanov"), 1.0)
+    await eventually(manager_is(b, "79990000005", "ivanov"), "B sees the import", timeout_s=1.0)
 
 
 async def test_import_replace_swaps_the_whole_map(ops: RedisOps) -> None:

@@ -13,7 +13,8 @@ from router.errors import StorageError
 from router.metrics import Metrics
 from router.state.redis_conn import ROLE_TIMEOUTS, HealthProbe, RedisOps, connect, redact_url
 from tests.fixtures.net import RedisServer, free_port
-from tests.storage.conftest import MakeOps, errors, wait_until
+from tests.polling import eventually
+from tests.storage.conftest import MakeOps, errors
 
 # Generous bounds for a loaded CI machine; the measured times are printed (pytest -s).
 DEAD_REDIS_BOUND_S = 0.5
@@ -125,12 +126,12 @@ async def test_health_probe_follows_an_outage(
     probe = HealthProbe(outage_ops, interval_s=0.02)
     probe.start()
     try:
-        await wait_until(lambda: outage_ops.health.up)
+        await eventually(lambda: outage_ops.health.up, "up", timeout_s=2.0)
         redis_server.stop()
-        await wait_until(lambda: not outage_ops.health.up)
+        await eventually(lambda: not outage_ops.health.up, "down", timeout_s=2.0)
         assert outage_ops.health.last_error
         redis_server.start()
-        await wait_until(lambda: outage_ops.health.up)
+        await eventually(lambda: outage_ops.health.up, "up again", timeout_s=2.0)
     finally:
         await probe.aclose()
     assert errors(outage_ops, "ping") == 0  # pings are not fallbacks: not counted

@@ -12,6 +12,7 @@ import pytest
 from router.state.redis_conn import RedisOps
 from router.state.redis_rules import RulesStore
 from tests.fixtures.net import RedisServer
+from tests.polling import eventually
 from tests.storage.conftest import MakeOps
 
 
@@ -115,12 +116,14 @@ async def test_watcher_survives_a_redis_restart(
         redis_server.start()
 
         # Redis lost its data: this push is version 1 again, yet new to the watcher.
-        async def push_when_back() -> int:
-            while True:
-                with contextlib.suppress(Exception):
-                    return await pusher.push("after restart")
-                await asyncio.sleep(0.05)
+        async def pushed() -> int | None:
+            with contextlib.suppress(Exception):
+                return await pusher.push("after restart")
+            return None
 
-        assert await asyncio.wait_for(push_when_back(), 5) == 1
+        version = await eventually(
+            pushed, "a push once Redis is back", timeout_s=5, interval_s=0.05
+        )
+        assert version == 1
         assert await watch.next(6.0) == 1
     assert await follower.pull() == (1, "after restart")

@@ -12,7 +12,8 @@ from router.mtt.tokens import TokenSet
 from router.state.redis_conn import RedisOps
 from router.state.redis_tokens import RedisOAuthStateStore, RedisTokenStore
 from tests.fixtures.net import RedisServer
-from tests.storage.conftest import MakeOps, eventually
+from tests.polling import eventually
+from tests.storage.conftest import MakeOps
 
 
 def tokens(version: int, access: str = "a") -> TokenSet:
@@ -170,7 +171,7 @@ async def test_oauth_state_expires(ops: RedisOps) -> None:
     async def gone() -> bool:
         return not await ops.client.exists(key)
 
-    await eventually(gone)
+    await eventually(gone, "the state key expired", timeout_s=2.0)
     assert not await store.redeem("s3")
 
 
