@@ -68,15 +68,6 @@ class CallEngine:
         self.delivery = Delivery(config, sender)
         self._live: set[SimCall] = set()
 
-    @property
-    def webhook_url(self) -> str | None:
-        """Where notifications go (``None``: nowhere; they are recorded as undelivered)."""
-        return self.delivery.webhook_url
-
-    @webhook_url.setter
-    def webhook_url(self, url: str | None) -> None:
-        self.delivery.webhook_url = url
-
     # -- placing calls --------------------------------------------------------------------
 
     def start_incoming(

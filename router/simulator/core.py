@@ -63,11 +63,11 @@ class Simulator:
     @property
     def webhook_url(self) -> str | None:
         """Where notifications go (the daemon's ``<redirect_uri>/events``); settable any time."""
-        return self.engine.webhook_url
+        return self.engine.delivery.webhook_url
 
     @webhook_url.setter
     def webhook_url(self, url: str | None) -> None:
-        self.engine.webhook_url = url
+        self.engine.delivery.webhook_url = url
 
     # -- calls ----------------------------------------------------------------------------
 
