@@ -19,6 +19,7 @@ from router.admin import create_admin_app
 from router.clock import WallClock
 from router.config import Config, HostPort
 from router.errors import ListenError
+from router.exits import Exit
 from router.metrics import Metrics
 from router.server import create_app
 from router.services import SERVICES
@@ -109,4 +110,4 @@ async def serve(
         for sig in installed:
             loop.remove_signal_handler(sig)
     log.info("stopped")
-    return 0
+    return Exit.OK

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import asyncio
-import html
 
 import orjson
 import structlog
@@ -78,14 +77,6 @@ async def events(request: web.Request) -> web.Response:
     request.app[NOTIFICATIONS].inc(event)
     request.app[SERVICES].engine.handle(event, received_at)
     return web.Response(body=_OK)
-
-
-def _page(title: str, text: str, status: int = 200) -> web.Response:
-    body = (
-        "<!doctype html><meta charset=utf-8><title>mtt-router</title>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"
-    )
-    return web.Response(status=status, text=body, content_type="text/html")
 
 
 async def oauth_callback(request: web.Request) -> web.Response:
