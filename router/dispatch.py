@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from router.errors import NeedsLoginError, StorageError, UpstreamConnectionError, UpstreamError
 from router.events import CallRef
@@ -72,8 +71,10 @@ class Result(enum.StrEnum):
     """No usable token, or the token store failed: nothing reached MTT."""
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+# Attempt and Conclusion are made for every call: NamedTuples, immutable and cheap to build.
+
+
+class Attempt(NamedTuple):
     """One command and its result."""
 
     command: Command
@@ -93,8 +94,7 @@ class Attempt:
         return None if self.error_type is None else f"{self.error_type}: {self.message}"
 
 
-@dataclass(frozen=True, slots=True)
-class Conclusion:
+class Conclusion(NamedTuple):
     """The outcome of one parked call and what the decision line adds to the reason chain."""
 
     outcome: Outcome
@@ -140,33 +140,26 @@ class Sender:
         """True once the decision budget is spent."""
         return self._clock() >= self._deadline
 
-    async def transfer(self, manager: str, workplace: str) -> Attempt:
+    def transfer(self, manager: str, workplace: str) -> Awaitable[Attempt]:
         """``transferCall`` to ``workplace``."""
-        if self.late():
-            return Attempt(Command.TRANSFER, Result.LATE, manager, workplace, started=False)
-        send = self._commander.transfer_call(
-            self._call, workplace, self._transport_id, deadline=self._deadline
-        )
-        return await self._attempt(Command.TRANSFER, send, manager, workplace)
+        return self._send(Command.TRANSFER, manager, workplace)
 
-    async def terminate(self) -> Attempt:
+    def terminate(self) -> Awaitable[Attempt]:
         """``terminateCall``."""
-        if self.late():
-            return Attempt(Command.TERMINATE, Result.LATE, started=False)
-        send = self._commander.terminate_call(
-            self._call, self._transport_id, deadline=self._deadline
-        )
-        return await self._attempt(Command.TERMINATE, send, None, None)
+        return self._send(Command.TERMINATE, None, None)
 
-    async def _attempt(
-        self,
-        command: Command,
-        send: Awaitable[None],
-        manager: str | None,
-        workplace: str | None,
-    ) -> Attempt:
+    async def _send(self, command: Command, manager: str | None, workplace: str | None) -> Attempt:
+        if self._clock() >= self._deadline:
+            return Attempt(command, Result.LATE, manager, workplace, started=False)
         try:
-            await send
+            if workplace is not None:
+                await self._commander.transfer_call(
+                    self._call, workplace, self._transport_id, deadline=self._deadline
+                )
+            else:
+                await self._commander.terminate_call(
+                    self._call, self._transport_id, deadline=self._deadline
+                )
         except (NeedsLoginError, StorageError) as exc:
             # Raised before a request left: no usable token, or the token store failed.
             return Attempt(
@@ -217,6 +210,13 @@ _FAILED = frozenset({Result.REFUSED, Result.AMBIGUOUS, Result.LATE})
 
 def conclude(decision: Decision | None, attempts: Sequence[Attempt]) -> Conclusion:
     """The outcome of a parked call from its decision and attempts: the only place it is set."""
+    if decision is not None and len(attempts) == 1 and attempts[0].result is Result.APPLIED:
+        # The common case, answered without building lists: one command, and MTT took it.
+        only = attempts[0]
+        if only.command is Command.TRANSFER:
+            outcome = Outcome.TRANSFERRED
+            return Conclusion(outcome, (), None, only.manager, only.workplace, 1, True)
+        return Conclusion(Outcome.FALLBACK_PBX, (), None, None, None, 1, True)
     reasons: list[str] = []
     if decision is None:
         reasons.append("no rules loaded: release to the PBX")

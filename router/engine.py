@@ -18,11 +18,9 @@ a :class:`DirectoryView`, a :class:`Clock` and the storage seams), so tests buil
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import structlog
 
@@ -82,9 +80,9 @@ class DirectoryView(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class DecisionRecord:
-    """What happened to one parked call; also the canonical log line."""
+class DecisionRecord(NamedTuple):
+    """What happened to one parked call; also the canonical log line (one per call: a
+    NamedTuple, cheap to build)."""
 
     call_id: str
     caller: str | None
@@ -244,18 +242,16 @@ class Engine:
         self, event: CallEvent, received_at: float, workplaces: frozenset[str] | None
     ) -> None:
         structlog.contextvars.bind_contextvars(call_id=event.call.id)
-        record = DecisionRecord(
-            event.call.id, event.caller.number, event.callee.number, Outcome.ERROR
-        )
+        record: DecisionRecord | None = None
         try:
-            record = await self._decide_and_send(event, received_at, workplaces, record)
+            record = await self._decide_and_send(event, received_at, workplaces)
         except Exception as exc:  # a bug must cost one call, not the daemon
-            record = DecisionRecord(
-                record.call_id, record.caller, record.callee, Outcome.ERROR, error=repr(exc)
-            )
+            record = _failed(event, repr(exc))
             log.exception("decision_crashed")
         finally:
             # Also when cancelled (a drain that timed out): every decision gets its line.
+            if record is None:
+                record = _failed(event, None)
             self._finish(record, (self._clock.monotonic() - received_at) * 1000.0)
 
     def _chain(self, rules: Rules | None) -> tuple[tuple[CandidateSource, ...], bool]:
@@ -272,7 +268,6 @@ class Engine:
         event: CallEvent,
         received_at: float,
         workplaces: frozenset[str] | None,
-        record: DecisionRecord,
     ) -> DecisionRecord:
         loaded = self._rules.current  # one snapshot for the whole decision
         rules = loaded.rules if loaded is not None else None
@@ -283,9 +278,9 @@ class Engine:
         )
         if not gathered.claimed:
             return DecisionRecord(
-                record.call_id,
-                record.caller,
-                record.callee,
+                event.call.id,
+                event.caller.number,
+                event.callee.number,
                 Outcome.DUPLICATE,
                 reasons=("call id already claimed: decided once already",),
             )
@@ -302,7 +297,7 @@ class Engine:
             )
             if fetching:
                 context = await self._fetch(context, rules, chain)
-            decision = decide(context, rules, self._sources)
+            decision = decide(context, rules, chain)
         sender = Sender(
             self._commander,
             event.call,
@@ -313,9 +308,9 @@ class Engine:
         attempts = await carry_out(decision, sender)
         done = conclude(decision, attempts)
         return DecisionRecord(
-            record.call_id,
-            record.caller,
-            record.callee,
+            event.call.id,
+            event.caller.number,
+            event.callee.number,
             done.outcome,
             manager=done.manager,
             workplace=done.workplace,
@@ -358,4 +353,11 @@ class Engine:
         )
         structlog.contextvars.unbind_contextvars("call_id")
         if self._on_decision is not None:
-            self._on_decision(dataclasses.replace(record, latency_ms=latency_ms))
+            self._on_decision(record._replace(latency_ms=latency_ms))
+
+
+def _failed(event: CallEvent, error: str | None) -> DecisionRecord:
+    """The record of a decision that crashed (``error``) or was cancelled."""
+    return DecisionRecord(
+        event.call.id, event.caller.number, event.callee.number, Outcome.ERROR, error=error
+    )

@@ -11,7 +11,7 @@ with a reason, when off schedule, busy, or at a workplace MTT does not list.
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -113,14 +113,14 @@ def _unavailable(
 def decide(
     context: CallerContext,
     rules: Rules,
-    sources: Mapping[str, CandidateSource] = DEFAULT_SOURCES,
+    chain: Sequence[CandidateSource] | None = None,
 ) -> Decision:
     """Decide what to do with the parked call that ``context`` describes.
 
-    The sources named in ``rules.order`` are walked in that order (each source that names a
-    manager adds a candidate), then the fallback managers; each candidate is judged against
-    ``context.now`` (a naive time is taken as rules-local), ``context.busy`` and
-    ``context.known_workplaces``.
+    The sources of ``chain`` (default: the registered sources named in ``rules.order``, see
+    :func:`router.sources.in_order`) are walked in order, each that names a manager adding a
+    candidate, then the fallback managers; each candidate is judged against ``context.now``
+    (a naive time is taken as rules-local), ``context.busy`` and ``context.known_workplaces``.
     """
     reasons: list[str] = []
     number = context.caller
@@ -133,7 +133,8 @@ def decide(
     targets: list[Target] = []
     seen_managers: set[str] = set()
     taken: dict[str, str] = {}  # workplace -> manager already targeted there
-    chain = in_order(rules, sources)
+    if chain is None:
+        chain = in_order(rules, DEFAULT_SOURCES)
     for manager_id, via in _candidates(context, rules, chain, reasons):
         if manager_id in seen_managers:
             continue  # e.g. a client's manager who is also the fallback: judged once

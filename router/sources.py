@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
-from router.context import CallerContext, MatchKind, Read, Verdict
+from router.context import NOBODY, CallerContext, MatchKind, Read, Verdict
 from router.rules.model import Rules
 
 CLIENTS_SPACE = "clients"
@@ -96,7 +96,7 @@ class PrefixSource:
         assert context.caller is not None
         found = rules.match_prefix(context.caller)
         if found is None:
-            return Verdict(None)
+            return NOBODY
         prefix, manager = found
         return Verdict(manager, (f"caller {context.caller} matches prefix {prefix}: {manager}",))
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from router.context import Read
 from router.mtt.tokens import TokenSet
@@ -49,9 +48,8 @@ class OAuthStateStore(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Gathered:
-    """The answer of :meth:`CallStore.claim_and_read`."""
+class Gathered(NamedTuple):
+    """The answer of :meth:`CallStore.claim_and_read` (a NamedTuple: one per call, cheap)."""
 
     claimed: bool
     """True for the first claimant of the call id (this process decides the call)."""

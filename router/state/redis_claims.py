@@ -156,4 +156,6 @@ class RedisCallStore:
             value = None if raw is None else str(raw)
             space.remember(read.key, value, generation)
             values[read] = value
-        return Gathered(bool(got), values)
+        if not got:
+            return Gathered(False, {})  # another replica decides it: nothing to read for it
+        return Gathered(True, values)

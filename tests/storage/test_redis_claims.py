@@ -1,0 +1,91 @@
+"""The claim of a parked call and the reads its decision needs: one Redis step, and outages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from router.context import Read
+from router.sources import CLIENTS_SPACE
+from router.state.redis_claims import RedisCallStore
+from router.state.redis_clients import ClientMap
+from router.state.redis_conn import RedisOps
+from tests.fixtures.net import RedisServer
+from tests.polling import eventually
+from tests.storage.conftest import MakeOps, errors
+
+NUMBER = "79219462761"
+READ = Read(CLIENTS_SPACE, NUMBER)
+
+
+@pytest.fixture
+async def client_map(outage_ops: RedisOps) -> AsyncIterator[ClientMap]:
+    """A client map following changes (its cache is live), on the private redis-server."""
+    clients = ClientMap(outage_ops)
+    clients.start()
+    try:
+        await asyncio.wait_for(clients.subscriber.subscribed.wait(), 2)
+        yield clients
+    finally:
+        await clients.aclose()
+
+
+async def commands(ops: RedisOps, name: str) -> int:
+    """How many ``name`` commands this Redis has run."""
+    stats = await ops.client.info("commandstats")
+    entry = stats.get(f"cmdstat_{name}")
+    return int(entry["calls"]) if isinstance(entry, dict) else 0
+
+
+async def test_reads_travel_with_the_claim_and_cached_ones_stay_home(
+    outage_ops: RedisOps, client_map: ClientMap
+) -> None:
+    """The first call asks Redis for the claim and the client entry; the next reads the cache."""
+    await client_map.set(NUMBER, "ivanov")
+    store = RedisCallStore(outage_ops, spaces={CLIENTS_SPACE: client_map})
+    sets, hgets = await commands(outage_ops, "set"), await commands(outage_ops, "hget")
+    first = await store.claim_and_read("call-1", 30, [READ])
+    assert (first.claimed, dict(first.values)) == (True, {READ: "ivanov"})
+    asked = (await commands(outage_ops, "set") - sets, await commands(outage_ops, "hget") - hgets)
+    assert asked == (1, 1)
+    second = await store.claim_and_read("call-2", 30, [READ])
+    assert dict(second.values) == {READ: "ivanov"}
+    assert await commands(outage_ops, "hget") - hgets == 1  # answered from the cache
+
+
+async def test_a_read_of_a_space_the_storage_does_not_keep_is_none(ops: RedisOps) -> None:
+    """A space with no hash behind it is answered None, without a round trip for it."""
+    store = RedisCallStore(ops)
+    gathered = await store.claim_and_read("call-1", 30, [Read("learned", NUMBER)])
+    assert (gathered.claimed, dict(gathered.values)) == (True, {Read("learned", NUMBER): None})
+
+
+async def test_the_second_replica_gets_no_claim_and_no_reads(make_ops: MakeOps) -> None:
+    """Two replicas claiming one call: one wins; the loser reads nothing (it decides nothing)."""
+    one, two = RedisCallStore(make_ops()), RedisCallStore(make_ops())
+    first = await one.claim_and_read("call-1", 30, [READ])
+    second = await two.claim_and_read("call-1", 30, [READ])
+    assert (first.claimed, second.claimed, dict(second.values)) == (True, False, {})
+
+
+async def test_redis_down_claims_locally_and_serves_what_the_cache_knows(
+    outage_ops: RedisOps, client_map: ClientMap, redis_server: RedisServer
+) -> None:
+    """Redis stopped: the claim falls back to memory in one failed step; a cached entry still
+    answers, an uncached one is left unanswered (the rules decide); the claim is kept locally."""
+    await client_map.set(NUMBER, "ivanov")
+    store = RedisCallStore(outage_ops, spaces={CLIENTS_SPACE: client_map})
+    assert (await store.claim_and_read("warm", 30, [READ])).values == {READ: "ivanov"}
+    redis_server.stop()
+    await eventually(
+        lambda: not client_map.subscriber.subscribed.is_set(),
+        "the subscriber notices Redis is gone",
+        timeout_s=2.0,
+    )
+    unknown = Read(CLIENTS_SPACE, "79990000000")
+    gathered = await store.claim_and_read("during", 30, [READ, unknown])
+    assert (gathered.claimed, dict(gathered.values)) == (True, {READ: "ivanov"})
+    assert errors(outage_ops, "claim") == 1  # the claim and both reads: one operation
+    assert not (await store.claim_and_read("during", 30, [READ])).claimed
