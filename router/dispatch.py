@@ -152,7 +152,8 @@ class Sender:
         if self._clock() >= self._deadline:
             return Attempt(command, Result.LATE, manager, workplace, started=False)
         try:
-            if workplace is not None:
+            if command is Command.TRANSFER:
+                assert workplace is not None
                 await self._commander.transfer_call(
                     self._call, workplace, self._transport_id, deadline=self._deadline
                 )
