@@ -80,6 +80,10 @@ class RoutingConfig:
 
     decision_budget_ms: int = 3500
     park: tuple[str, ...] | Literal["all"] = ()
+    mode: Literal["live", "shadow"] = "live"
+    """``shadow``: decide and log every call, transfer nobody, release each call at once."""
+    live_numbers: tuple[str, ...] = ()
+    """When set, only calls to these external numbers are live; the rest are shadow."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,12 @@ class LogConfig:
 
     format: Literal["json", "console"] = "json"
     level: str = "info"
+    capture: str = ""
+    """A JSONL file that gets every POST to ``P/events`` as received (empty: no capture)."""
+    capture_max_mb: int = 100
+    capture_keep: int = 5
+    mask_numbers: bool = False
+    """Log lines show callers as ``+7921***2761`` (the capture keeps full numbers)."""
 
 
 @dataclass(frozen=True)
@@ -189,6 +199,16 @@ def _host_port(reader: _Reader, data: Mapping[str, Any], key: str, default: Host
     return HostPort(host.strip("[]"), int(port))
 
 
+def _int_in(
+    reader: _Reader, data: Mapping[str, Any], key: str, default: int, lo: int, hi: int
+) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        reader.problems.append(f"log.{key}: must be an integer from {lo} to {hi}, got {value!r}")
+        return default
+    return value
+
+
 def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
     """Replace ``${VAR}`` in every string of a parsed YAML tree with the environment's value."""
     if isinstance(value, str):
@@ -258,7 +278,9 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         path=reader.string(r, "path", "rules", "rules/example.yaml", _non_empty),
     )
 
-    ro = reader.section(top.get("routing"), "routing", ("decision_budget_ms", "park"))
+    ro = reader.section(
+        top.get("routing"), "routing", ("decision_budget_ms", "park", "mode", "live_numbers")
+    )
     budget = ro.get("decision_budget_ms", 3500)
     if isinstance(budget, bool) or not isinstance(budget, int) or not 100 <= budget <= 5000:
         reader.problems.append(
@@ -273,9 +295,28 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         park = tuple(str(n) for n in park_raw)
     else:
         reader.problems.append("routing.park: must be 'all' or a list of external numbers")
-    routing = RoutingConfig(decision_budget_ms=budget, park=park)
+    mode = reader.string(ro, "mode", "routing", "live")
+    if mode not in ("live", "shadow"):
+        reader.problems.append(f"routing.mode: must be 'live' or 'shadow', got {mode!r}")
+        mode = "live"
+    live_raw = ro.get("live_numbers", [])
+    live_numbers: tuple[str, ...] = ()
+    if isinstance(live_raw, list) and all(isinstance(n, str | int) for n in live_raw):
+        live_numbers = tuple(str(n) for n in live_raw)
+    else:
+        reader.problems.append("routing.live_numbers: must be a list of external numbers")
+    routing = RoutingConfig(
+        decision_budget_ms=budget,
+        park=park,
+        mode="shadow" if mode == "shadow" else "live",
+        live_numbers=live_numbers,
+    )
 
-    lg = reader.section(top.get("log"), "log", ("format", "level"))
+    lg = reader.section(
+        top.get("log"),
+        "log",
+        ("format", "level", "capture", "capture_max_mb", "capture_keep", "mask_numbers"),
+    )
     fmt = reader.string(lg, "format", "log", "json")
     if fmt not in ("json", "console"):
         reader.problems.append(f"log.format: must be 'json' or 'console', got {fmt!r}")
@@ -284,7 +325,18 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     if level not in _LEVELS:
         reader.problems.append(f"log.level: must be one of {', '.join(_LEVELS)}, got {level!r}")
         level = "info"
-    log = LogConfig(format="console" if fmt == "console" else "json", level=level)
+    mask = lg.get("mask_numbers", False)
+    if not isinstance(mask, bool):
+        reader.problems.append(f"log.mask_numbers: must be true or false, got {mask!r}")
+        mask = False
+    log = LogConfig(
+        format="console" if fmt == "console" else "json",
+        level=level,
+        capture=reader.string(lg, "capture", "log", ""),
+        capture_max_mb=_int_in(reader, lg, "capture_max_mb", 100, 1, 100_000),
+        capture_keep=_int_in(reader, lg, "capture_keep", 5, 1, 1000),
+        mask_numbers=mask,
+    )
 
     storage = reader.string(top, "storage", "", "memory", _redis_or_memory)
     prefix = reader.string(top, "storage_prefix", "", "mtt-router:")

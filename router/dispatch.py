@@ -47,6 +47,7 @@ class Outcome(enum.StrEnum):
     MISSED_WINDOW = "missed_window"
     DUPLICATE = "duplicate"
     ERROR = "error"
+    SHADOW = "shadow"
 
 
 class Command(enum.StrEnum):

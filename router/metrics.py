@@ -114,3 +114,21 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.answered = Counter(
+            "mtt_router_answered",
+            "Parked calls the daemon decided (live or shadow), by who answered in the end: "
+            "personal, deputy, fallback, other, nobody.",
+            ["by"],
+            registry=r,
+        )
+        self.callmodel_surprises = Counter(
+            "mtt_router_callmodel_surprises",
+            "Notification sequences the call model (docs/CALL_MODEL.md) did not expect, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.capture_dropped = Counter(
+            "mtt_router_capture_dropped",
+            "Notifications not written to log.capture (the writer fell behind or failed).",
+            registry=r,
+        )

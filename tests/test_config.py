@@ -28,7 +28,8 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     for key in (
         "client_id", "client_secret", "redirect_uri", "oauth_url", "api_url", "listen",
         "admin_listen", "admin_token", "storage:", "storage_prefix", "tokens_file", "source",
-        "path", "decision_budget_ms", "park", "format", "level",
+        "path", "decision_budget_ms", "park", "mode", "live_numbers", "format", "level",
+        "capture", "capture_max_mb", "capture_keep", "mask_numbers",
     ):  # fmt: skip
         assert key in text
 
@@ -46,6 +47,48 @@ def test_defaults_match_the_spec() -> None:
     assert config.routing.decision_budget_ms == 3500
     assert config.routing.park == ()
     assert (config.log.format, config.log.level) == ("json", "info")
+    assert (config.routing.mode, config.routing.live_numbers) == ("live", ())
+    assert (config.log.capture, config.log.capture_max_mb, config.log.capture_keep) == ("", 100, 5)
+    assert config.log.mask_numbers is False
+
+
+def test_rollout_and_capture_keys_are_validated() -> None:
+    """routing.mode, routing.live_numbers and the capture keys: bad values named, good ones kept."""
+    good = {
+        **MINIMAL,
+        "routing": {"mode": "shadow", "live_numbers": ["74951112233", 74996497803]},
+        "log": {
+            "capture": "cap.jsonl",
+            "capture_max_mb": 5,
+            "capture_keep": 2,
+            "mask_numbers": True,
+        },
+    }
+    config = parse_config(good, env={})
+    assert (config.routing.mode, config.routing.live_numbers) == (
+        "shadow",
+        ("74951112233", "74996497803"),
+    )
+    assert (config.log.capture, config.log.capture_max_mb, config.log.capture_keep) == (
+        "cap.jsonl",
+        5,
+        2,
+    )
+    assert config.log.mask_numbers is True
+    bad = {
+        **MINIMAL,
+        "routing": {"mode": "dark", "live_numbers": "74951112233"},
+        "log": {"capture_max_mb": 0, "capture_keep": "two", "mask_numbers": "yes"},
+    }
+    with pytest.raises(ConfigError) as caught:
+        parse_config(bad, env={})
+    assert sorted(p.split(":")[0] for p in caught.value.problems) == [
+        "log.capture_keep",
+        "log.capture_max_mb",
+        "log.mask_numbers",
+        "routing.live_numbers",
+        "routing.mode",
+    ]
 
 
 @pytest.mark.parametrize(
