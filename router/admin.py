@@ -109,6 +109,9 @@ async def status(request: web.Request) -> web.Response:
             "busy": sorted(services.stores.presence.busy()),
         },
         "storage": services.stores.description,
+        "rollout": services.rollout.status(
+            directory.raw_numbers if directory.numbers is not None else None
+        ),
     }
     return web.json_response(body)
 

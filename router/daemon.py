@@ -1,7 +1,8 @@
 """Run the daemon: both listeners, signals, graceful stop.
 
 SIGTERM/SIGINT stop taking notifications, let in-flight decisions finish (bounded by the decision
-budget) and exit 0. SIGHUP reloads the rules.
+budget) and exit 0. SIGHUP reloads the rules and the config keys that reload without a restart
+(`routing.mode`, `routing.live_numbers`).
 """
 
 from __future__ import annotations
@@ -50,11 +51,15 @@ async def serve(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     clock: WallClock | None = None,
+    config_path: str | None = None,
 ) -> int:
-    """Serve until ``stop`` is set or a SIGTERM/SIGINT arrives; returns the exit code."""
+    """Serve until ``stop`` is set or a SIGTERM/SIGINT arrives; returns the exit code.
+
+    SIGHUP reloads the rules and, from ``config_path``, ``routing.mode`` and ``live_numbers``.
+    """
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
-    public = create_app(config, metrics=metrics, clock=clock)
+    public = create_app(config, metrics=metrics, clock=clock, config_path=config_path)
     admin = create_admin_app(public)
     public_runner = web.AppRunner(public, access_log=None, handle_signals=False)
     admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
@@ -65,7 +70,7 @@ async def serve(
         if services is None:
             return
         log.info("sighup_received")
-        task = loop.create_task(services.reload_rules("SIGHUP"))
+        task = loop.create_task(services.reload("SIGHUP"))
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 

@@ -187,13 +187,16 @@ class Sender:
         return Attempt(command, Result.APPLIED, manager, workplace, answered=True)
 
 
-async def carry_out(decision: Decision | None, sender: Sender) -> tuple[Attempt, ...]:
+async def carry_out(
+    decision: Decision | None, sender: Sender, *, live: bool = True
+) -> tuple[Attempt, ...]:
     """Send what ``decision`` asks (``None``: no rules, release the call) and return the attempts.
 
     Transfers go to each target in order while the previous one was refused; when every target
-    was refused, the call is released to the PBX rather than left in 5 s of silence.
+    was refused, the call is released to the PBX rather than left in 5 s of silence. A shadow call
+    (``live=False``) is only released, whatever was decided.
     """
-    if decision is None or decision.action is Action.TERMINATE:
+    if decision is None or not live or decision.action is Action.TERMINATE:
         return (await sender.terminate(),)
     if decision.action is Action.WAIT:
         return ()
@@ -210,8 +213,12 @@ async def carry_out(decision: Decision | None, sender: Sender) -> tuple[Attempt,
 _FAILED = frozenset({Result.REFUSED, Result.AMBIGUOUS, Result.LATE})
 
 
-def conclude(decision: Decision | None, attempts: Sequence[Attempt]) -> Conclusion:
+def conclude(
+    decision: Decision | None, attempts: Sequence[Attempt], *, live: bool = True
+) -> Conclusion:
     """The outcome of a parked call from its decision and attempts: the only place it is set."""
+    if decision is not None and not live:
+        return _shadow(decision, attempts)
     if decision is not None and len(attempts) == 1 and attempts[0].result is Result.APPLIED:
         # The common case, answered without building lists: one command, and MTT took it.
         only = attempts[0]
@@ -257,4 +264,31 @@ def conclude(decision: Decision | None, attempts: Sequence[Attempt]) -> Conclusi
         workplace=transfers[-1].workplace if transfers else None,
         attempts=len(started),
         answered=started[-1].answered if started else False,
+    )
+
+
+def _shadow(decision: Decision, attempts: Sequence[Attempt]) -> Conclusion:
+    """A shadow call: decided and logged with the would-be manager, then released to the PBX."""
+    target = decision.target
+    if target is not None:
+        would = f"shadow: would transfer to {target.manager} {target.workplace}"
+    elif decision.action is Action.WAIT:
+        would = "shadow: would wait for the PBX"
+    else:
+        would = "shadow: would release to the PBX"
+    released = attempts[0] if attempts else None
+    if released is not None and released.result is Result.APPLIED:
+        reasons = (would, "shadow: released to the PBX (terminateCall)")
+    elif released is not None and released.result is Result.LATE and not released.started:
+        reasons = (would, "shadow: budget spent before the release; the PBX routes after parking")
+    else:
+        reasons = (would, f"shadow: release failed: {released.message if released else None}")
+    return Conclusion(
+        Outcome.SHADOW,
+        reasons,
+        error=released.error if released is not None else None,
+        manager=target.manager if target is not None else None,
+        workplace=target.workplace if target is not None else None,
+        attempts=1 if released is not None and released.started else 0,
+        answered=released.answered if released is not None else False,
     )

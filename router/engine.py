@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import structlog
 
 from router import callmodel
+from router.answers import AnswerTracker
 from router.clock import Clock
 from router.context import CallerContext, Verdict
 from router.dispatch import Commander, Outcome, Sender, carry_out, conclude
@@ -59,6 +60,14 @@ class RulesView(Protocol):
     @property
     def current(self) -> LoadedRules | None:
         """The rules to decide by, or ``None`` when none are loaded."""
+        ...
+
+
+class RolloutView(Protocol):
+    """Which calls are live (:class:`router.rollout.Rollout`); without one, every call is."""
+
+    def is_live(self, callee: str | None) -> bool:
+        """True when a parked call to ``callee`` (normalised) is transferred, not shadowed."""
         ...
 
 
@@ -116,6 +125,8 @@ class Engine:
         clock: Clock,
         sources: Mapping[str, CandidateSource] = DEFAULT_SOURCES,
         on_decision: Callable[[DecisionRecord], None] | None = None,
+        rollout: RolloutView | None = None,
+        answers: AnswerTracker | None = None,
     ) -> None:
         self._metrics = metrics
         self._commander = commander
@@ -127,6 +138,8 @@ class Engine:
         self._clock = clock
         self._sources = sources
         self._on_decision = on_decision
+        self._rollout = rollout
+        self._answers = answers
         self._chain_for: tuple[Rules | None, tuple[CandidateSource, ...], bool] = (None, (), False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
@@ -165,6 +178,8 @@ class Engine:
 
     def _track_presence(self, event: CallEvent) -> None:
         busy = callmodel.busy_workplace(event)
+        if self._answers is not None:
+            self._answers.observe(event.call.id, event.state, busy)
         if busy is not None:
             self._queue_presence(True, busy, event.call.id)
             return
@@ -285,6 +300,7 @@ class Engine:
                 reasons=("call id already claimed: decided once already",),
             )
         decision: Decision | None = None
+        live = True
         if rules is not None:
             context = CallerContext(
                 caller_raw=event.caller.number,
@@ -298,6 +314,10 @@ class Engine:
             if fetching:
                 context = await self._fetch(context, rules, chain)
             decision = decide(context, rules, chain)
+            if self._rollout is not None:
+                live = self._rollout.is_live(context.callee)
+            if self._answers is not None:
+                self._answers.decided(event.call.id, rules, decision)
         sender = Sender(
             self._commander,
             event.call,
@@ -305,8 +325,8 @@ class Engine:
             deadline=received_at + self._budget_s,
             clock=self._clock.monotonic,
         )
-        attempts = await carry_out(decision, sender)
-        done = conclude(decision, attempts)
+        attempts = await carry_out(decision, sender, live=live)
+        done = conclude(decision, attempts, live=live)
         return DecisionRecord(
             event.call.id,
             event.caller.number,

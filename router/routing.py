@@ -49,6 +49,9 @@ class Decision:
     matched: MatchKind
     reasons: tuple[str, ...]
     caller: str | None = None  # the normalised caller number, None when unreadable
+    own: str | None = None
+    """The caller's own manager: the first a source named, available or not (the hit rate's
+    "personal"); ``None`` when no source named anyone."""
 
     @property
     def target(self) -> Target | None:
@@ -61,6 +64,7 @@ class Decision:
             "action": self.action.value,
             "matched": self.matched.value,
             "caller": self.caller,
+            "own": self.own,
             "targets": [
                 {"manager": t.manager, "workplace": t.workplace, "via": t.via.value}
                 for t in self.targets
@@ -135,7 +139,9 @@ def decide(
     taken: dict[str, str] = {}  # workplace -> manager already targeted there
     if chain is None:
         chain = in_order(rules, DEFAULT_SOURCES)
-    for manager_id, via in _candidates(context, rules, chain, reasons):
+    candidates = _candidates(context, rules, chain, reasons)
+    own = next((m for m, via in candidates if via is not MatchKind.FALLBACK), None)
+    for manager_id, via in candidates:
         if manager_id in seen_managers:
             continue  # e.g. a client's manager who is also the fallback: judged once
         seen_managers.add(manager_id)
@@ -158,9 +164,9 @@ def decide(
     if targets:
         first = targets[0]
         reasons.append(f"transfer to {first.manager} {first.workplace}")
-        return Decision(Action.TRANSFER, tuple(targets), first.via, tuple(reasons), number)
+        return Decision(Action.TRANSFER, tuple(targets), first.via, tuple(reasons), number, own)
     if rules.otherwise is Otherwise.WAIT:
         reasons.append("no manager available: wait (otherwise: wait), the PBX routes after parking")
-        return Decision(Action.WAIT, (), MatchKind.NONE, tuple(reasons), number)
+        return Decision(Action.WAIT, (), MatchKind.NONE, tuple(reasons), number, own)
     reasons.append("no manager available: terminate (otherwise: pbx), the PBX routes it now")
-    return Decision(Action.TERMINATE, (), MatchKind.NONE, tuple(reasons), number)
+    return Decision(Action.TERMINATE, (), MatchKind.NONE, tuple(reasons), number, own)

@@ -20,7 +20,7 @@ from router.errors import EventShapeError
 from router.events import Event, parse_event
 from router.metrics import Metrics
 from router.oauth_callback import LoginOutcome, OAuthCallback, add_callback_routes
-from router.services import CLOCK, CONFIG, METRICS, SERVICES, services_ctx
+from router.services import CLOCK, CONFIG, CONFIG_PATH, METRICS, SERVICES, services_ctx
 
 log = structlog.get_logger("router.server")
 
@@ -98,14 +98,21 @@ async def oauth_callback(request: web.Request) -> web.Response:
 
 
 def create_app(
-    config: Config, *, metrics: Metrics | None = None, clock: WallClock | None = None
+    config: Config,
+    *,
+    metrics: Metrics | None = None,
+    clock: WallClock | None = None,
+    config_path: str | None = None,
 ) -> web.Application:
     """The public application; its cleanup context owns every resource of the daemon.
 
-    ``clock`` replaces the wall clock that schedules are evaluated against (demo, tests).
+    ``clock`` replaces the wall clock that schedules are evaluated against (demo, tests);
+    ``config_path`` is where SIGHUP re-reads the keys that reload without a restart.
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[CONFIG] = config
+    if config_path is not None:
+        app[CONFIG_PATH] = config_path
     if clock is not None:
         app[CLOCK] = clock
     app[METRICS] = metrics if metrics is not None else Metrics()

@@ -6,7 +6,9 @@ manager, rules source, directory, engine) and closed again in reverse order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator
@@ -16,15 +18,17 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from router.answers import AnswerTracker
 from router.clock import LoopClock, WallClock, utc_now
-from router.config import Config
+from router.config import Config, load_config
 from router.directory import Directory
 from router.engine import Engine
-from router.errors import StorageError
+from router.errors import ConfigError, StorageError
 from router.metrics import Metrics
 from router.mtt.auth import TokenManager
 from router.mtt.client import MttClient, make_session
 from router.mtt.oauth import OAuthClient
+from router.rollout import Rollout
 from router.rules.source import FileRulesSource, RulesHolder, SharedRulesSource
 from router.sources import DEFAULT_SOURCES
 from router.state.factory import Stores, open_stores
@@ -46,7 +50,9 @@ class Services:
     rules_source: FileRulesSource | SharedRulesSource
     directory: Directory
     engine: Engine
+    rollout: Rollout
     started_at: float
+    config_path: str | None = None
 
     async def reload_rules(self, reason: str) -> bool:
         """Reload the rules (SIGHUP); False when the new rules were rejected."""
@@ -55,6 +61,47 @@ class Services:
         except StorageError as exc:
             log.error("rules_reload_failed", reason=reason, error=str(exc))
             return False
+
+    async def reload(self, reason: str) -> bool:
+        """SIGHUP: the rules, and the config keys that reload without a restart."""
+        await self.reload_settings(reason)
+        return await self.reload_rules(reason)
+
+    async def reload_settings(self, reason: str) -> None:
+        """Re-read ``routing.mode`` and ``routing.live_numbers`` from the config file; other
+        changes are logged as needing a restart. An invalid file keeps the running settings."""
+        if self.config_path is None:
+            return
+        try:
+            fresh = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            log.error("config_reload_rejected", reason=reason, problems=exc.problems)
+            return
+        routing = fresh.routing
+        if self.rollout.set(routing.mode, routing.live_numbers):
+            log.info("rollout_changed", mode=routing.mode, live_numbers=list(routing.live_numbers))
+        pending = restart_only_changes(self.config, fresh)
+        if pending:
+            log.warning("config_changes_need_restart", keys=pending)
+
+
+RELOADABLE = frozenset({"routing.mode", "routing.live_numbers"})
+"""Config keys SIGHUP applies; every other change needs a restart."""
+
+
+def restart_only_changes(running: Config, fresh: Config) -> list[str]:
+    """The keys (``section.key``) that differ between two configs and need a restart to apply."""
+    changed: list[str] = []
+    for top in dataclasses.fields(running):
+        old, new = getattr(running, top.name), getattr(fresh, top.name)
+        if dataclasses.is_dataclass(old) and not isinstance(old, type):
+            for sub in dataclasses.fields(old):
+                key = f"{top.name}.{sub.name}"
+                if getattr(old, sub.name) != getattr(new, sub.name) and key not in RELOADABLE:
+                    changed.append(key)
+        elif old != new:
+            changed.append(top.name)
+    return changed
 
 
 SHARED_TOKENS_POLL_S = 1.0
@@ -82,6 +129,8 @@ def report_unlisted_workplaces(holder: RulesHolder, directory: Directory, metric
 SERVICES = web.AppKey("services", Services)
 CLOCK: web.AppKey[WallClock] = web.AppKey("clock")
 CONFIG = web.AppKey("config", Config)
+CONFIG_PATH = web.AppKey("config_path", str)
+"""Where the config was read from: SIGHUP re-reads its reloadable keys (absent: none)."""
 METRICS = web.AppKey("metrics", Metrics)
 
 
@@ -125,6 +174,9 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         directory.listeners.append(check)
         directory.start()
         stack.push_async_callback(directory.close)
+        rollout = Rollout(config.routing.mode, config.routing.live_numbers)
+        if rollout.mode == "shadow" or rollout.live_numbers:
+            log.info("rollout", mode=rollout.mode, live_numbers=list(rollout.live_numbers))
         engine = Engine(
             metrics=metrics,
             commander=mtt,
@@ -136,6 +188,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             clock=LoopClock(app.get(CLOCK, utc_now)),
             # Sources that need a resource (a CRM lookup's session) are added to these here.
             sources=DEFAULT_SOURCES,
+            rollout=rollout,
+            answers=AnswerTracker(metrics),
         )
         # Closed first: in-flight decisions finish (bounded by the budget) while the session,
         # tokens and stores they use are still open.
@@ -151,6 +205,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             rules_source=source,
             directory=directory,
             engine=engine,
+            rollout=rollout,
             started_at=time.time(),
+            config_path=app.get(CONFIG_PATH),
         )
         yield

@@ -147,6 +147,7 @@ class Setup:
     rules_path: Path
     tokens_path: Path
     http: aiohttp.ClientSession
+    config_path: Path
 
     async def get(self, url: str) -> tuple[int, Any]:
         async with self.http.get(url) as resp:
@@ -167,9 +168,11 @@ class Setup:
         assert isinstance(body, dict)
         return body
 
-    async def call(self, caller: str, *, forwarders: list[str] | None = None) -> Json:
+    async def call(
+        self, caller: str, *, forwarders: list[str] | None = None, callee: str = NUMBER
+    ) -> Json:
         """Place a call at the simulator; return its record once the call is over."""
-        body: Json = {"caller": caller, "callee": NUMBER, "wait": True}
+        body: Json = {"caller": caller, "callee": callee, "wait": True}
         if forwarders:
             body["forwarders"] = forwarders
         call_id = (await self.post(self.sim_url + "/_sim/calls", body))["call"]["id"]
@@ -209,7 +212,7 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
     """Start the simulator and the daemon as processes; both are stopped after the test."""
     children: list[Process] = []
 
-    async def start_both(*, authorised: bool) -> Setup:
+    async def start_both(*, authorised: bool, routing: str = "") -> Setup:
         public_port = free_port()
         events_url = f"http://127.0.0.1:{public_port}/mtt/events"
         sim = await spawn(
@@ -248,7 +251,7 @@ rules:
   path: "{rules_path}"
 routing:
   decision_budget_ms: {BUDGET_MS}
-log:
+{routing}log:
   format: json
   level: info
 """,
@@ -264,6 +267,7 @@ log:
             rules_path=rules_path,
             tokens_path=tokens_path,
             http=http,
+            config_path=config,
         )
         sessions.append(http)
         if authorised:
@@ -468,3 +472,57 @@ async def test_sigterm_with_a_call_in_flight(start: Start) -> None:
     )
     decision = setup.daemon.events("decision")
     assert [d["outcome"] for d in decision] == ["transferred"]
+
+
+async def test_shadow_then_one_line_live_then_all_live_without_a_restart(start: Start) -> None:
+    """Shadow releases every call at once and logs the would-be manager; live_numbers makes
+    exactly those calls live; SIGHUP switches, and an invalid config edit keeps the running mode."""
+    setup = await start(authorised=True, routing='  mode: "shadow"\n')
+    await ready(setup)
+    daemon = setup.daemon
+    other_line = "78005560251"
+
+    call = await setup.call(IVANOV_CLIENT)
+    assert (call["outcome"], call["command"]["kind"]) == ("terminated", "terminate")
+    assert call["decision_latency_s"] < PARKING_WINDOW_S  # released at once, not after the window
+    line = daemon.events("decision")[-1]
+    assert (line["outcome"], line["manager"], line["workplace"]) == ("shadow", "ivanov", IVANOV_WP)
+    status = await setup.status()
+    assert status["rollout"]["mode"] == "shadow"
+    assert set(status["rollout"]["numbers"].values()) == {"shadow"}
+
+    # One line live: only calls to NUMBER are transferred.
+    text = setup.config_path.read_text(encoding="utf-8")
+    one_line = text.replace('  mode: "shadow"\n', f'  mode: "live"\n  live_numbers: ["{NUMBER}"]\n')
+    replace_file(setup.config_path, one_line)
+    daemon.proc.send_signal(signal.SIGHUP)
+    await eventually(lambda: bool(daemon.events("rollout_changed")), "the new rollout applies")
+    call = await setup.call(IVANOV_CLIENT)
+    assert (call["outcome"], call["command"]["workplace"]) == ("transferred", IVANOV_WP)
+    call = await setup.call(IVANOV_CLIENT, callee=other_line)
+    assert (call["outcome"], call["command"]["kind"]) == ("terminated", "terminate")
+    status = await setup.status()
+    assert status["rollout"]["numbers"] == {NUMBER: "live", other_line: "shadow"}
+
+    # A broken config edit is refused and the running mode stays; then all lines live.
+    replace_file(setup.config_path, one_line.replace('"live"', '"sideways"'))
+    daemon.proc.send_signal(signal.SIGHUP)
+    await eventually(lambda: bool(daemon.events("config_reload_rejected")), "the edit is refused")
+    assert (await setup.status())["rollout"]["mode"] == "live"
+    replace_file(setup.config_path, one_line.replace(f'  live_numbers: ["{NUMBER}"]\n', ""))
+    daemon.proc.send_signal(signal.SIGHUP)
+    await eventually(lambda: len(daemon.events("rollout_changed")) == 2, "all lines live")
+    call = await setup.call(IVANOV_CLIENT, callee=other_line)
+    assert (call["outcome"], call["command"]["workplace"]) == ("transferred", IVANOV_WP)
+
+    families = await setup.metrics()
+    assert sample(families, "mtt_router_decisions_total", outcome="shadow") == 2
+    assert sample(families, "mtt_router_decisions_total", outcome="transferred") == 2
+    # Shadow and live calls alike count who answered: the PBX's own routing is the baseline.
+    answered = {
+        by: sample(families, "mtt_router_answered_total", by=by)
+        for by in ("personal", "fallback", "other", "nobody")
+    }
+    assert sum(answered.values()) == 4
+    assert answered["personal"] >= 2  # the two live transfers to ivanov
+    assert await daemon.stop() == 0

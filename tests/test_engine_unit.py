@@ -16,6 +16,7 @@ from typing import Literal
 
 import pytest
 
+from router.answers import AnswerTracker
 from router.context import CallerContext, MatchKind, Read, Verdict
 from router.dispatch import Outcome
 from router.engine import DecisionRecord, Engine
@@ -30,6 +31,7 @@ from router.errors import (
 )
 from router.events import CallEvent, CallRef, CallState, CallType, Party, VpbxEvent, VpbxEventType
 from router.metrics import Metrics
+from router.rollout import Rollout
 from router.rules import Rules, load_rules
 from router.rules.source import LoadedRules
 from router.sources import (
@@ -193,6 +195,7 @@ def make(
     loaded: bool = True,
     calls: CallStore | None = None,
     sources: Mapping[str, CandidateSource] = DEFAULT_SOURCES,
+    rollout: Rollout | None = None,
 ) -> Harness:
     """A harness whose commander answers ``steps`` in order (then OK)."""
     clock = FakeClock()
@@ -213,6 +216,8 @@ def make(
         clock=clock,
         sources=sources,
         on_decision=records.append,
+        rollout=rollout,
+        answers=AnswerTracker(metrics),
     )
     return Harness(engine, clock, commander, directory, presence, metrics, records)
 
@@ -584,3 +589,77 @@ async def test_a_crashing_fetching_source_costs_its_verdict_only() -> None:
     record = await h.call(UNKNOWN)
     assert (record.outcome, record.manager) == (Outcome.TRANSFERRED, "sidorov")
     assert "lookup failed: RuntimeError" in record.reasons
+
+
+# -- shadow mode and who answered --------------------------------------------------------------
+
+
+async def test_shadow_decides_logs_the_would_be_manager_and_only_releases() -> None:
+    """mode: shadow: one terminateCall at once; the record names whom live mode would call."""
+    h = make(rollout=Rollout("shadow"))
+    record = await h.call()
+    assert h.commands() == [("terminate", None)]
+    assert (record.outcome, record.manager, record.workplace) == (Outcome.SHADOW, "ivanov", "101")
+    assert record.reasons[-2:] == (
+        "shadow: would transfer to ivanov 101",
+        "shadow: released to the PBX (terminateCall)",
+    )
+    assert h.count(Outcome.SHADOW) == h.observed() == 1
+
+
+async def test_shadow_releases_even_what_live_would_leave_waiting() -> None:
+    """otherwise: wait in shadow: still released at once (no 5 s of silence for the client)."""
+    rules = load_rules(RULES.replace("managers: [sidorov]", "managers: []").replace("pbx", "wait"))
+    h = make(rules=rules, rollout=Rollout("shadow"))
+    record = await h.call(UNKNOWN)
+    assert h.commands() == [("terminate", None)]
+    assert record.reasons[-2] == "shadow: would wait for the PBX"
+
+
+async def test_a_failed_shadow_release_is_reported() -> None:
+    """A shadow release MTT refuses: still outcome shadow, with the error and a reason."""
+    h = make(Step(raises=refused()), rollout=Rollout("shadow"))
+    record = await h.call()
+    assert (record.outcome, record.error) == (Outcome.SHADOW, "ClientRequestError: refused")
+    assert record.reasons[-1] == "shadow: release failed: refused"
+
+
+async def test_live_numbers_make_only_those_lines_live() -> None:
+    """mode: live with live_numbers (any spelling): calls to other numbers are shadow."""
+    this_line = make(rollout=Rollout("live", ["+7 (499) 649-78-03"]))
+    assert (await this_line.call()).outcome is Outcome.TRANSFERRED
+    other_line = make(rollout=Rollout("live", ["74950000001"]))
+    assert (await other_line.call()).outcome is Outcome.SHADOW
+    assert other_line.commands() == [("terminate", None)]
+
+
+async def test_answers_are_counted_by_who_picked_up() -> None:
+    """connected at the own manager's workplace: personal; at a fallback's: fallback; elsewhere:
+    other; finished unanswered: nobody; each decided call once, an undecided call never."""
+    h = make()
+
+    def leg(call_id: str, state: CallState, workplace: str) -> CallEvent:
+        return CallEvent(
+            call=CallRef(call_id),
+            state=state,
+            type=CallType.INCOMING,
+            caller=Party(id=CLIENT),
+            callee=Party(id=workplace, account_id=workplace),
+        )
+
+    for call_id, state, workplace in (
+        ("p", CallState.CONNECTED, "101"),
+        ("f", CallState.CONNECTED, "103"),
+        ("o", CallState.CONNECTED, "999"),
+        ("n", CallState.FINISHED, "101"),
+    ):
+        await h.call(call_id=call_id)
+        h.engine.handle(leg(call_id, state, workplace), h.clock.t)
+        h.engine.handle(leg(call_id, CallState.FINISHED, workplace), h.clock.t)
+    h.engine.handle(leg("never-decided", CallState.CONNECTED, "101"), h.clock.t)
+    await h.engine.settle()
+    counts = {
+        by: h.metrics.registry.get_sample_value("mtt_router_answered_total", {"by": by})
+        for by in ("personal", "fallback", "other", "nobody")
+    }
+    assert counts == {"personal": 1, "fallback": 1, "other": 1, "nobody": 1}

@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
         return config
     setup_daemon_logging(config.log.format, config.log.level)
     try:
-        return runtime.run(serve(config))
+        return runtime.run(serve(config, config_path=args.config))
     except ListenError as exc:
         print(exc, file=sys.stderr)  # port taken, address not local: one line, no traceback
         return Exit.FAILED
