@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import structlog
@@ -55,28 +56,41 @@ def _bad(request: web.Request, status: int, reason: str, metric_reason: str) -> 
 
 
 async def events(request: web.Request) -> web.Response:
-    """``POST P/events``: parse, count, hand to the engine, answer 200."""
+    """``POST P/events``: parse, count, hand to the engine, answer 200; with ``log.capture``,
+    the POST as received and the status answered are queued for the capture file."""
+    capture = request.app[SERVICES].capture
+    if capture is None:
+        return (await _receive(request))[0]
+    received_at_s = time.time()
+    response, body = await _receive(request)
+    capture.add(received_at_s, request.remote, response.status, body, request.content_length or 0)
+    return response
+
+
+async def _receive(request: web.Request) -> tuple[web.Response, bytes | None]:
+    """The answer to one notification, and its body as read (``None``: never read)."""
     received_at = asyncio.get_running_loop().time()
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        return _bad(request, 413, "body over 1 MiB", "too_large")
+        return _bad(request, 413, "body over 1 MiB", "too_large"), None
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return _bad(request, 413, "body over 1 MiB", "too_large")
+        return _bad(request, 413, "body over 1 MiB", "too_large"), None
     except web.RequestPayloadError:
         # e.g. "Content-Encoding: gzip" on a body that is not gzip: aiohttp would answer 500.
-        return _bad(request, 400, "unreadable body (bad content encoding)", "unreadable_body")
+        bad = _bad(request, 400, "unreadable body (bad content encoding)", "unreadable_body")
+        return bad, None
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        return _bad(request, 400, f"malformed JSON: {exc}", "malformed_json")
+        return _bad(request, 400, f"malformed JSON: {exc}", "malformed_json"), body
     try:
         event = parse_event(data)
     except EventShapeError as exc:
-        return _bad(request, 400, f"not a notification: {exc}", "wrong_shape")
+        return _bad(request, 400, f"not a notification: {exc}", "wrong_shape"), body
     request.app[NOTIFICATIONS].inc(event)
     request.app[SERVICES].engine.handle(event, received_at)
-    return web.Response(body=_OK)
+    return web.Response(body=_OK), body
 
 
 async def oauth_callback(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 
 from router.answers import AnswerTracker
+from router.capture import CaptureWriter
 from router.clock import LoopClock, WallClock, utc_now
 from router.config import Config, load_config
 from router.directory import Directory
@@ -53,6 +54,8 @@ class Services:
     rollout: Rollout
     started_at: float
     config_path: str | None = None
+    capture: CaptureWriter | None = None
+    """``log.capture``: every POST to ``P/events`` as received (``None``: off)."""
 
     async def reload_rules(self, reason: str) -> bool:
         """Reload the rules (SIGHUP); False when the new rules were rejected."""
@@ -138,6 +141,17 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: open every resource, yield while serving, close them in reverse order."""
     config, metrics = app[CONFIG], app[METRICS]
     async with contextlib.AsyncExitStack() as stack:
+        capture: CaptureWriter | None = None
+        if config.log.capture:
+            # Opened first, closed last: every POST answered before shutdown is flushed to it.
+            capture = CaptureWriter(
+                config.log.capture,
+                max_bytes=config.log.capture_max_mb * 1024 * 1024,
+                keep=config.log.capture_keep,
+                dropped=metrics.capture_dropped,
+            )
+            capture.start()
+            stack.push_async_callback(capture.aclose)
         session = make_session()
         stack.push_async_callback(session.close)
         stores = await open_stores(config, metrics)
@@ -208,5 +222,6 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             rollout=rollout,
             started_at=time.time(),
             config_path=app.get(CONFIG_PATH),
+            capture=capture,
         )
         yield
