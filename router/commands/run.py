@@ -28,7 +28,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
     if isinstance(config, int):
         return config
-    setup_daemon_logging(config.log.format, config.log.level)
+    setup_daemon_logging(config.log.format, config.log.level, mask_numbers=config.log.mask_numbers)
     try:
         return runtime.run(serve(config, config_path=args.config))
     except ListenError as exc:
