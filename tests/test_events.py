@@ -139,7 +139,9 @@ def test_incoming_trying_example_is_a_parked_call() -> None:
     event = parse_event(EXAMPLES["trying_incoming"])
     assert isinstance(event, CallEvent)
     assert callmodel.is_parked_trying(event, {NUMBER, OTHER_NUMBER})
-    assert callmodel.is_parked_trying(event, None)  # numbers unknown yet: every such trying
+    # Numbers unknown: only the numbers routing.park names count, none named: no call does.
+    assert not callmodel.is_parked_trying(event, None)
+    assert callmodel.is_parked_trying(event, None, frozenset({NUMBER}))
     assert not callmodel.is_parked_trying(event, {OTHER_NUMBER})
     assert try_normalize(event.caller.account_id) == "78124241500"  # "@pstn" suffix dropped
 
