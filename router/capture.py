@@ -19,22 +19,24 @@ too. A full queue or a failing disk drops lines, counts them in
 
 The file is created mode 0600 (it holds callers' numbers), also after rotation: when it passes
 ``max_bytes`` it becomes ``NAME.1`` (``NAME.1`` becomes ``NAME.2`` ...), ``keep`` rotated files are
-kept and the oldest is deleted.
+kept and the oldest is deleted. :func:`read_capture` reads the lines back (``mtt-router replay``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
 import os
 import stat
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import structlog
@@ -282,3 +284,86 @@ class CaptureWriter:
             self._drop_logged_at = now
             reason = self._drop_reason
         log.warning("capture_dropped", count=count, reason=reason, path=str(self.path))
+
+
+# -- reading it back (mtt-router replay) -----------------------------------------------------------
+
+
+class CaptureError(Exception):
+    """The capture file as a whole cannot be replayed (unreadable, or no capture line in it)."""
+
+
+class BadLine(NamedTuple):
+    """A capture line that was skipped, and why (``FILE:LINE: message``)."""
+
+    line: int
+    message: str
+
+
+class Record(NamedTuple):
+    """One captured POST, as read back (:func:`read_capture`)."""
+
+    line: int
+    received_at_s: float
+    status: int
+    body: bytes | None
+
+
+def read_capture(
+    path: Path, on_bytes: Callable[[int], None] | None = None
+) -> Iterator[Record | BadLine]:
+    """Each line of the capture as a :class:`Record` or a :class:`BadLine` (blank lines skipped).
+
+    Raises :class:`CaptureError` when the file cannot be read.
+    """
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    with handle:
+        try:
+            for number, raw in enumerate(handle, 1):
+                if on_bytes is not None:
+                    on_bytes(len(raw))
+                if raw.strip():
+                    yield _record(number, raw)
+        except OSError as exc:
+            raise CaptureError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+
+
+def _record(number: int, raw: bytes) -> Record | BadLine:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return BadLine(number, f"not a JSON line ({exc})")
+    if not isinstance(data, dict):
+        return BadLine(number, "not a capture line (a JSON object is expected)")
+    at = data.get("received_at_s")
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        at = _iso_seconds(data.get("received_at"))
+        if at is None:
+            return BadLine(number, "no received_at_s or received_at")
+    status = data.get("status")
+    if isinstance(status, bool) or not isinstance(status, int):
+        return BadLine(number, "no status")
+    body = data.get("body")
+    if body is None:
+        return Record(number, float(at), status, None)
+    if not isinstance(body, str):
+        return BadLine(number, "body must be a string or null")
+    if data.get("body_encoding") == "base64":
+        try:
+            return Record(number, float(at), status, base64.b64decode(body, validate=True))
+        except (binascii.Error, ValueError):
+            return BadLine(number, "body is not valid base64")
+    return Record(number, float(at), status, body.encode("utf-8", "surrogatepass"))
+
+
+def _iso_seconds(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()

@@ -7,11 +7,11 @@ import sys
 from collections.abc import Sequence
 
 from router import __version__
-from router.commands import auth, bench, clients, demo, doctor, pbx, rules, run, simulate
+from router.commands import auth, bench, clients, demo, doctor, pbx, replay, rules, run, simulate
 from router.exits import Exit
 
 # Each module registers its own subcommands (register(subparsers)), in the order --help lists.
-COMMAND_MODULES = (run, demo, simulate, rules, clients, auth, pbx, doctor, bench)
+COMMAND_MODULES = (run, demo, simulate, rules, replay, clients, auth, pbx, doctor, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
