@@ -49,6 +49,8 @@ class DaemonFiles:
     rules: Path
     tokens: Path
     log: Path
+    capture: Path | None
+    """``log.capture`` of the daemon (``None``: off)."""
     public: str
     """``host:port`` of the public listener."""
     admin: str
@@ -67,7 +69,9 @@ class DaemonFiles:
 
 
 def config_yaml(files: DaemonFiles, sim_url: str, log_level: str) -> str:
-    """The daemon's config: simulator as MTT, memory storage, JSON logs at ``log_level``."""
+    """The daemon's config: simulator as MTT, memory storage, JSON logs at ``log_level``, and
+    ``log.capture`` into ``files.capture`` when set."""
+    capture = [] if files.capture is None else [f'  capture: "{files.capture}"']
     return "\n".join(
         [
             "mtt:",
@@ -90,6 +94,7 @@ def config_yaml(files: DaemonFiles, sim_url: str, log_level: str) -> str:
             "log:",
             '  format: "json"',
             f'  level: "{log_level}"',
+            *capture,
             "",
         ]
     )
@@ -105,14 +110,17 @@ def write_daemon_files(
     caller_numbers: list[str],
     tokens: TokenResponse | None,
     log_level: str,
+    capture: bool = False,
 ) -> DaemonFiles:
-    """Write rules, config and (when given) a tokens file into ``directory``."""
+    """Write rules, config and (when given) a tokens file into ``directory``; ``capture`` turns
+    ``log.capture`` on (``capture.jsonl`` there)."""
     directory.mkdir(parents=True, exist_ok=True)
     files = DaemonFiles(
         config=directory / "config.yaml",
         rules=directory / "rules.yaml",
         tokens=directory / "tokens.json",
         log=directory / "daemon.log",
+        capture=directory / "capture.jsonl" if capture else None,
         public=public,
         admin=admin,
     )

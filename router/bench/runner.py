@@ -58,6 +58,8 @@ class BenchSettings:
     """``MTT_ROUTER_LOOP`` for the daemon subprocess: auto (uvloop when installed), asyncio."""
     sim_listen: tuple[str, int] = ("127.0.0.1", 0)
     workdir: Path | None = None
+    capture: bool = False
+    """``log.capture`` on in the daemon started here (what capturing costs)."""
 
     def sim_config(self) -> SimConfig:
         """The simulator: generated workplaces, short calls, the full lifecycle notified."""
@@ -240,6 +242,7 @@ async def _daemon(
             caller_numbers=callers(settings.callers),
             tokens=sim.issue_tokens(),
             log_level=settings.log_level,
+            capture=settings.capture,
         )
         daemon = DaemonProcess(files, settings.daemon_loop)
         await daemon.start()
@@ -253,6 +256,7 @@ async def _daemon(
                 "pid": daemon.pid,
                 "log_level": settings.log_level,
                 "loop": settings.daemon_loop,
+                "capture": settings.capture,
             }
             yield files.events_url, daemon.pid, describe
         finally:

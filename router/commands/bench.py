@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--daemon-url)",
     )
     p.add_argument("--workdir", metavar="DIR", help="keep the daemon's files and log here")
+    p.add_argument(
+        "--capture",
+        action="store_true",
+        help="turn log.capture on in the daemon started here (capture.jsonl beside its log), "
+        "to measure what capturing costs",
+    )
     add_json_arg(p)
     p.set_defaults(handler=run)
 
@@ -80,6 +86,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         raise ValueError("--workplaces and --callers must be at least 1")
     if (args.daemon_url is None) != (args.admin_url is None):
         raise ValueError("--daemon-url and --admin-url go together")
+    if args.capture and args.daemon_url is not None:
+        raise ValueError("--capture applies to the daemon started here, not to --daemon-url")
     default_listen = "127.0.0.1:8900" if args.daemon_url else "127.0.0.1:0"
     return BenchSettings(
         rate=args.rate,
@@ -96,6 +104,7 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         daemon_loop=args.daemon_loop,
         sim_listen=_listen(args.sim_listen or default_listen),
         workdir=Path(args.workdir) if args.workdir else None,
+        capture=args.capture,
     )
 
 
