@@ -8,12 +8,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from router.callmodel import freed_workplace, is_parked_trying, workplace_of
+from router.callmodel import CommandReason, freed_workplace, is_parked_trying, workplace_of
 from router.events import CallEvent, parse_event
 from router.simulator import (
     CallOutcome,
-    CommandRefused,
-    Refusal,
     SimCall,
     SimConfig,
     Simulator,
@@ -119,6 +117,7 @@ async def test_transfer_inside_the_window(
     assert recorded["urlRecord"].endswith(".mp3")
     assert call.command is not None
     assert (call.command.kind, call.command.workplace) == ("transfer", PETROVA)
+    assert (call.command.verdict, sim.violations()) == ("fine", [])
     assert call.workplace == PETROVA
     latency = call.decision_latency_s
     assert latency is not None
@@ -126,31 +125,36 @@ async def test_transfer_inside_the_window(
     assert not sim.pbx.is_busy(PETROVA)
 
 
-async def test_transfer_after_the_window_is_refused(
+async def test_transfer_after_the_window_is_carried_out_and_a_violation(
     sim: Simulator, sim_http: aiohttp.ClientSession, webhook_sink: WebhookSink, token: str
 ) -> None:
-    """After the window the PBX has routed the call; a late transfer gets 400 and is recorded."""
-    call = await sim.place_call(CLIENT, NUMBER)
+    """After the window the PBX has routed the call; a late transfer moves the live call (MTT's
+    document never says it fails) and is recorded as a violation."""
+    call = await sim.place_call(CLIENT, NUMBER, talk_ms=60_000)
     trying = await webhook_sink.wait_state(call.id, "trying")
     assert await call.wait_outcome() is CallOutcome.PBX_TIMEOUT
     assert call.outcome_at is not None
     assert call.trying_sent_at is not None
     assert call.outcome_at - call.trying_sent_at >= sim.config.parking_window_s
-    status, body = await command(sim_http, sim, token, trying, PETROVA)
-    assert status == 400
-    assert body["error"]["message"] == "parking window is over"
+    await webhook_sink.wait_state(call.id, "connected")  # the PBX's own route: ivanov answered
+    assert await command(sim_http, sim, token, trying, PETROVA) == (200, {"result": {"success": 1}})
     assert call.late
-    assert [r.refusal for r in call.refused] == [Refusal.LATE]
-    await call.wait_done()
-    # The PBX's own route: the first free workplace.
-    assert call.tried == [IVANOV]
-    assert webhook_sink.states(call.id) == [
-        "trying",
-        "showing",
-        "connected",
-        "finished",
-        "recorded",
+    [late] = call.commands
+    assert (late.accepted, late.reason, late.verdict) == (True, "after_window", "violation")
+    assert [(v.call_id, v.kind, v.reason) for v in sim.violations()] == [
+        (call.id, "transfer", CommandReason.AFTER_WINDOW)
     ]
+    assert sim.stats()["calls"]["violations"] == 1
+    assert call.command is None  # nothing ended the parking: the window did
+    await webhook_sink.wait_state(call.id, "hiding")
+    infos = webhook_sink.for_call(call.id)
+    assert [(i["state"], i.get("callee", {}).get("id")) for i in infos[1:5]] == [
+        ("showing", IVANOV),
+        ("connected", IVANOV),
+        ("hiding", IVANOV),
+        ("showing", PETROVA),
+    ]
+    assert call.tried == [IVANOV, PETROVA]
     latency = call.decision_latency_s
     assert latency is not None
     assert latency >= sim.config.parking_window_s
@@ -159,19 +163,21 @@ async def test_transfer_after_the_window_is_refused(
 async def test_terminate_releases_to_the_pbx_at_once(
     sim: Simulator, sim_http: aiohttp.ClientSession, webhook_sink: WebhookSink, token: str
 ) -> None:
-    """terminateCall: the PBX routes now; a second command for the call is a duplicate."""
+    """terminateCall: the PBX routes now; a second command acts on the live call: a violation."""
     call = await sim.place_call(CLIENT, NUMBER)
     trying = await webhook_sink.wait_state(call.id, "trying")
     assert (await command(sim_http, sim, token, trying))[0] == 200
     assert call.outcome is CallOutcome.TERMINATED
-    status, _ = await command(sim_http, sim, token, trying, PETROVA)
-    assert status == 400
-    assert [r.refusal for r in call.refused] == [Refusal.DUPLICATE]
-    await webhook_sink.wait_state(call.id, "showing")
     assert call.tried == [IVANOV]
     assert call.outcome_at is not None
     assert call.deadline is not None
     assert call.outcome_at < call.deadline
+    assert (await command(sim_http, sim, token, trying, PETROVA))[0] == 200
+    assert [c.verdict for c in call.commands] == ["fine", "violation"]
+    assert call.violations[0].reason in (CommandReason.PBX_RINGING, CommandReason.ANSWERED)
+    assert call.refused == []
+    await call.wait_done()
+    assert call.tried == [IVANOV, PETROVA]
 
 
 async def test_unanswered_transfer_hides_then_pbx_routes(
@@ -275,15 +281,16 @@ async def test_make_call_unanswered_by_the_workplace(
 async def test_forwarded_leg_is_never_parked(
     sim: Simulator, sim_http: aiohttp.ClientSession, webhook_sink: WebhookSink, token: str
 ) -> None:
-    """A leg with a forwarderList goes to the PBX at once; a transfer for it is refused."""
+    """A leg with a forwarderList goes to the PBX at once; a transfer for it is a violation."""
     call = await sim.place_call(CLIENT, NUMBER, forwarders=[IVANOV])
     assert call.outcome is CallOutcome.FORWARDED
     trying = await webhook_sink.wait_state(call.id, "trying")
     assert trying["callee"]["forwarderList"] == [IVANOV]
     assert not is_parked_trying(parsed(trying), {NUMBER})
-    status, body = await command(sim_http, sim, token, trying, PETROVA)
-    assert (status, body["error"]["message"]) == (400, "call is not parked")
-    assert [r.refusal for r in call.refused] == [Refusal.NOT_PARKED]
+    assert (await command(sim_http, sim, token, trying, PETROVA))[0] == 200
+    [violation] = call.violations
+    assert violation.reason in (CommandReason.PBX_RINGING, CommandReason.ANSWERED)
+    assert call.command is None
     await call.wait_done()
     assert all(
         i.get("callee", {}).get("forwarderList") == [IVANOV]
@@ -427,9 +434,10 @@ async def test_command_after_deadline_is_late_even_before_the_timer_fires(
         time.sleep(max(0.0, call.deadline - time.monotonic()) + 0.01)  # noqa: ASYNC251
         before = call.outcome  # a local: the attribute changes under the command below
         assert before is None
-        with pytest.raises(CommandRefused) as refused:
-            sim.engine.command("transfer", call.id, call.tag, call.transport_id, PETROVA)
-        assert refused.value.refusal is Refusal.LATE
+        record = sim.commands.command("transfer", call.id, call.tag, call.transport_id, PETROVA)
+        assert (record.reason, record.accepted) == (CommandReason.AFTER_WINDOW, True)
         assert call.outcome is CallOutcome.PBX_TIMEOUT
+        assert call.late
         await webhook_sink.wait_state(call.id, "connected")
-        assert call.tried == [IVANOV]
+        assert call.tried == [IVANOV, PETROVA]  # the PBX rang ivanov, the late transfer moved it
+        assert call.workplace == PETROVA

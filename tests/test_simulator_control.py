@@ -14,7 +14,8 @@ IVANOV = "883140777716581"
 async def test_workplaces_show_answer_behaviour_and_presence(
     sim: Simulator, sim_http: aiohttp.ClientSession
 ) -> None:
-    """GET /_sim/workplaces lists names, answer_after_ms and busy; {} restores the default."""
+    """GET /_sim/workplaces lists names, answer_after_ms, terminals and busy; {} restores the
+    default."""
     async with sim_http.post(f"{sim.url}/_sim/workplaces/{IVANOV}", json={"answer_after_ms": 7}):
         pass
     sim.pbx.engage(IVANOV)
@@ -24,6 +25,8 @@ async def test_workplaces_show_answer_behaviour_and_presence(
         "workplace": IVANOV,
         "name": "Иван Иванов",
         "answer_after_ms": 7,
+        "terminals": [IVANOV],
+        "answering_terminal": IVANOV,
         "busy": True,
     }
     async with sim_http.post(f"{sim.url}/_sim/workplaces/{IVANOV}") as resp:

@@ -2,8 +2,9 @@
 
 It plays MTT for the daemon's tests, ``mtt-router demo``, ``mtt-router bench`` and
 ``mtt-router simulate``. Payloads copy MTT's document, inconsistencies included; the call
-sequence follows :mod:`router.callmodel`. Point both ``mtt.oauth_url`` and ``mtt.api_url`` at
-``sim.url`` and set ``sim.webhook_url`` to the daemon's ``<redirect_uri>/events``.
+sequence is :mod:`router.callmodel`'s, step by step. Point both ``mtt.oauth_url`` and
+``mtt.api_url`` at ``sim.url`` and set ``sim.webhook_url`` to the daemon's
+``<redirect_uri>/events``.
 
 Python API (stable)
 -------------------
@@ -15,6 +16,10 @@ Python API (stable)
     Call timing (``answer_after_ms``, ``ring_timeout_ms``, ``talk_ms``, ``record_delay_ms``,
     ``callee_answer_ms``) is in ms; ``answer_overrides={sip_id: ms or None}`` (None: never answers);
     ``routes={number: (sip_id, ...)}`` is the PBX's own order (default: every workplace);
+    ``terminals={terminal: sip_id}`` (a workplace none names has one with its own ID) and
+    ``answering_terminals={sip_id: terminal}``; a leg at a workplace carries ``id`` = the
+    workplace, ``accountId`` = the terminal (``leg_id="number"``: ``id`` = the external number);
+    ``trying_after_release``, ``list_total_extra`` (the knobs of ``quirks``);
     ``terminals_key`` (``"terminals_list"`` or ``"terminalsList"``); ``redirect_uri=None`` accepts
     any; ``webhook_url``; ``seed`` for reproducible ids and fault rates; ``parked`` ("all" or a
     subset of ``numbers``); ``announce_unparked`` (send ``trying`` for calls that are not parked,
@@ -42,12 +47,18 @@ Python API (stable)
     count))``, ``token_endpoint_down(503 | "drop" | None)``, ``storm_401 = N``,
     ``duplicate_trying = N``, ``clear()``) · ``requests_to(endpoint=None) -> [RequestRecord]`` ·
     ``stats()`` · ``tokens.grants["authorization_code" | "refresh_token" | "direct"]`` ·
-    ``await reset()`` · ``pbx`` (numbers, parked, workplaces, ``is_busy``).
+    ``await reset()`` · ``pbx`` (numbers, parked, workplaces, terminals, ``is_busy``,
+    ``set_terminals(sip_id, [terminal, ...])``, ``answering`` {sip_id: terminal}) ·
+    ``commands.command(kind, call_id, tag, transport_id, callee)`` (what the API does) ·
+    ``violations() -> [Violation]`` · ``quirks`` (:class:`Quirks`: ``leg_id``,
+    ``trying_after_release``, ``list_total_extra``; what the document leaves open).
 ``SimCall``
-    ``id``, ``tag``, ``transport_id``, ``type``, ``caller``, ``callee``, ``parked``, ``outcome``
-    (:class:`CallOutcome`: transferred, terminated, pbx_timeout, not_parked, forwarded, outgoing),
-    ``command`` (the accepted :class:`CommandRecord`: kind, workplace, received_at), ``refused``
-    (refused commands, ``refusal``: late, duplicate, not_parked, bad_params), ``late``,
+    ``id``, ``tag``, ``transport_id``, ``type``, ``caller``, ``callee``, ``parked``, ``phase``
+    (:class:`router.callmodel.Phase`), ``outcome`` (:class:`CallOutcome`: transferred, terminated,
+    pbx_timeout, not_parked, forwarded, outgoing), ``command`` (the :class:`CommandRecord` that
+    ended the parking: kind, workplace, received_at), ``commands`` (every command, each with its
+    ``reason`` and ``verdict``: fine, reroute, violation), ``violations``, ``refused`` (not carried
+    out, ``refusal``: unknown_call, gone, bad_params, fault), ``late``, ``terminal``,
     ``trying_sent_at`` / ``trying_sent_at_wall``, ``deadline``, ``decision_latency_s`` (first
     command received minus ``trying`` sent, monotonic), ``tried`` (workplaces rung), ``workplace``
     (who answered), ``notifications`` (each with ``state``, ``sent_at``, ``status``, ``payload``),
@@ -72,12 +83,17 @@ bad client -> 401 ``{"error": "invalid_client"}``.
 API (Bearer; one path segment, any case): ``GET /externalNumbersInfo``, ``/workPlacesInfo``,
 ``/terminalsInfo``; ``POST /makeCall``, ``/terminateCall``, ``/transferCall``,
 ``/setParkingNumbers`` with ``{"params": {...}}``. Missing, unknown or expired token -> 401;
-bad params -> 400; unknown call -> 404; a command after the parking window, a second command or
-one for a call that is not parked -> 400. Errors are ``{"error": {"code": N, "message": "..."}}``.
+bad params -> 400; unknown call, or a call that is over -> 404. Every other transferCall/
+terminateCall is carried out on whatever the call is doing (the document never says a late one
+fails) and classified (:mod:`router.simulator.commands`): fine (parked, inside the window), reroute
+(still ringing unanswered where a transfer sent it) or violation (anything else: recorded, counted
+in ``/_sim/stats``, listed at ``/_sim/violations``). Errors are
+``{"error": {"code": N, "message": "..."}}``.
 
 Control (no auth): ``GET|POST /_sim/calls`` (POST ``{caller, callee, forwarders?, talk_ms?,
 answer?: {sip_id: ms|null}, wait?: true}`` -> 201 ``{"call": {...}}``), ``GET /_sim/calls/{id}``,
-``GET /_sim/requests[?endpoint=]``, ``GET /_sim/stats``, ``GET|PUT /_sim/webhook`` ``{url}``,
+``GET /_sim/requests[?endpoint=]``, ``GET /_sim/stats``, ``GET /_sim/violations``,
+``GET|POST /_sim/quirks``, ``GET|PUT /_sim/webhook`` ``{url}``,
 ``GET /_sim/workplaces``, ``POST /_sim/workplaces/{id}`` ``{answer_after_ms: N|null}``,
 ``POST /_sim/numbers`` ``{numbers}``, ``POST /_sim/vpbx`` ``{eventType}``,
 ``GET|POST|DELETE /_sim/faults``, ``POST /_sim/tokens``, ``POST /_sim/reset``.
@@ -101,8 +117,8 @@ state)``, ``states(id)``, ``status`` to answer), ``sim_http`` (a ClientSession);
 from __future__ import annotations
 
 from router.simulator.app import create_sim_app, serve_simulator
-from router.simulator.calls import CommandRefused
-from router.simulator.config import SimConfig, generated_workplaces
+from router.simulator.commands import CommandRefused
+from router.simulator.config import Quirks, SimConfig, generated_workplaces
 from router.simulator.core import SIM_KEY, Simulator
 from router.simulator.faults import EndpointFault, Faults
 from router.simulator.records import (
@@ -113,6 +129,7 @@ from router.simulator.records import (
     Refusal,
     RequestRecord,
     SimCall,
+    Violation,
 )
 
 __all__ = [
@@ -124,11 +141,13 @@ __all__ = [
     "EndpointFault",
     "Faults",
     "NotificationRecord",
+    "Quirks",
     "Refusal",
     "RequestRecord",
     "SimCall",
     "SimConfig",
     "Simulator",
+    "Violation",
     "create_sim_app",
     "generated_workplaces",
     "serve_simulator",

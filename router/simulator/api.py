@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from router.simulator.calls import CommandRefused
+from router.simulator.commands import COMMANDS, CommandRefused
 from router.simulator.core import SIM_KEY, Simulator
 from router.simulator.faults import API_ENDPOINTS, CANONICAL
 from router.simulator.records import RequestRecord
@@ -83,6 +83,11 @@ async def mtt_middleware(
         action = sim.faults.decide(endpoint)
         if action.latency_s:
             await asyncio.sleep(action.latency_s)
+        if endpoint in COMMANDS and (action.drop or action.status is not None):
+            # MTT answered without carrying it out (a drop or a 5xx may look applied): classified.
+            sim.commands.unapplied(
+                COMMANDS[endpoint], record.body, None if action.drop else action.status
+            )
         if action.drop:
             if request.transport is not None:
                 request.transport.close()
@@ -92,6 +97,7 @@ async def mtt_middleware(
             response = api_error(401, "access token is not valid (simulated 401 storm)")
         elif action.status is not None:
             response = _fault_answer(endpoint, action.status)
+
     if response is None:
         try:
             response = await handler(request)
@@ -129,17 +135,17 @@ def _string(params: Params, key: str, where: str = "") -> str:
 
 async def external_numbers_info(sim: Simulator, params: Params) -> Any:
     """``GET /externalNumbersInfo``."""
-    return {"result": sim.pbx.numbers_info()}
+    return {"result": sim.pbx.numbers_info(sim.quirks.list_total_extra)}
 
 
 async def workplaces_info(sim: Simulator, params: Params) -> Any:
     """``GET /workPlacesInfo``."""
-    return {"result": sim.pbx.workplaces_info()}
+    return {"result": sim.pbx.workplaces_info(sim.quirks.list_total_extra)}
 
 
 async def terminals_info(sim: Simulator, params: Params) -> Any:
     """``GET /terminalsInfo``."""
-    return {"result": sim.pbx.terminals_info()}
+    return {"result": sim.pbx.terminals_info(sim.quirks.list_total_extra)}
 
 
 async def make_call(sim: Simulator, params: Params) -> Any:
@@ -160,7 +166,7 @@ def _call_command(kind: str) -> ApiHandler:
         call_id, tag = _string(ref, "id", "call."), _string(ref, "tag", "call.")
         transport = _string(params, "transportId")
         callee = _string(params, "calleeId") if kind == "transfer" else ""
-        sim.engine.command(kind, call_id, tag, transport, callee)
+        sim.commands.command(kind, call_id, tag, transport, callee)
         return {"result": {"success": 1}}
 
     command.__doc__ = f"``POST /{kind}Call``."

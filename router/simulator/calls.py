@@ -1,31 +1,30 @@
-"""The call generator: plays each call through the lifecycle of docs/CALL_MODEL.md.
+"""The call generator: plays each call through the flow of :mod:`router.callmodel`.
 
-Every step is a ``loop.call_later`` timer or the continuation of one webhook POST, so a call costs
-no task while it waits (the bench pushes hundreds of calls a second through here). A call's next
-notification is sent only after the previous one was answered, so the receiver sees them in order.
+Every move of a call is one step of the model (:meth:`CallEngine.step`): the model says which
+phase follows and which notifications go out; this module only fills in the payloads and decides
+when the next step happens (who answers, how long they ring and talk). Every wait is a
+``loop.call_later`` timer or the continuation of one webhook POST, so a call costs no task while
+it waits (the bench pushes hundreds of calls a second through here). A call's notifications go
+out one at a time, in order, whatever steps a command forces in between.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import quote
 
-from router.simulator.config import SimConfig
+from router import callmodel
+from router.callmodel import Phase, Step
+from router.events import CallState
+from router.simulator.config import Quirks, SimConfig
 from router.simulator.delivery import Delivery
 from router.simulator.faults import Faults
 from router.simulator.pbx import Pbx
-from router.simulator.records import (
-    CallOutcome,
-    CallPhase,
-    CommandRecord,
-    NotificationRecord,
-    Refusal,
-    SimCall,
-)
+from router.simulator.records import CallOutcome, NotificationRecord, SimCall, Violation
 from router.simulator.webhook import WebhookSender
 from router.simulator.wire import (
     CallInfoWire,
@@ -42,29 +41,30 @@ REASON_NORMAL = "Normal call clearing"
 REASON_NO_ANSWER = "No answer"
 REASON_ORIGINATE = "Originate leg disconnected"
 REASON_ORIGINATE_NO_ANSWER = "Originate leg not answered"
-
-
-class CommandRefused(Exception):
-    """A transferCall/terminateCall the PBX will not carry out; ``status`` is the HTTP answer."""
-
-    def __init__(self, status: int, refusal: Refusal, message: str) -> None:
-        self.status = status
-        self.refusal = refusal
-        super().__init__(message)
+INCOMING, OUTGOING = "incoming", "outgoing"
+_RELEASES = (Step.TERMINATE, Step.WINDOW_OVER)
 
 
 class CallEngine:
     """Owns every live call: its timers, its webhook deliveries and its record."""
 
     def __init__(
-        self, config: SimConfig, pbx: Pbx, sender: WebhookSender, ids: IdMaker, faults: Faults
+        self,
+        config: SimConfig,
+        pbx: Pbx,
+        sender: WebhookSender,
+        ids: IdMaker,
+        faults: Faults,
+        quirks: Quirks | None = None,
     ) -> None:
         self.config = config
         self.pbx = pbx
         self.ids = ids
         self.faults = faults
+        self.quirks = quirks if quirks is not None else Quirks.of(config)
         self.calls: OrderedDict[str, SimCall] = OrderedDict()
         self.unknown_commands = 0
+        self.violations: deque[Violation] = deque(maxlen=config.call_log_size)
         self.delivery = Delivery(config, sender)
         self._live: set[SimCall] = set()
 
@@ -84,33 +84,16 @@ class CallEngine:
         if number is None:
             raise ValueError(f"callee {callee!r} is not one of the PBX's external numbers")
         call_id, tag = self.ids.incoming()
-        call = self._new_call(call_id, tag, self.ids.transport(), "incoming", caller, number)
+        call = self._new_call(call_id, tag, self.ids.transport(), INCOMING, caller, number)
         call.talk_ms = self.config.talk_ms if talk_ms is None else talk_ms
         call.answer = dict(answer or {})
         call.forwarders = tuple(forwarders)
         call.parked = not call.forwarders and self.pbx.is_parked(number)
-        trying = self._incoming_info(call, "trying", number)
         if call.parked:
-            call.phase = CallPhase.PARKED
-            copies = 1 + self.faults.duplicate_trying
-            sent = self._send(call, trying, call.trying_done.set, copies)
-            call.trying_sent_at, call.trying_sent_at_wall = sent.sent_at, sent.sent_at_wall
-            call.deadline = call.trying_sent_at + self.config.parking_window_s
-            call.timer = asyncio.get_running_loop().call_later(
-                self.config.parking_window_s, self._expire, call
-            )
+            self.step(call, Step.PARK)
             return call
         self._resolve(call, CallOutcome.FORWARDED if call.forwarders else CallOutcome.NOT_PARKED)
-        if self.config.announce_unparked:
-
-            def routed() -> None:
-                call.trying_done.set()
-                self._pbx_route(call)
-
-            self._send(call, trying, routed)
-        else:
-            call.trying_done.set()
-            self._pbx_route(call)
+        self.step(call, Step.PLACE)
         return call
 
     def start_outgoing(self, workplace: str, number: str) -> SimCall:
@@ -118,20 +101,11 @@ class CallEngine:
         if workplace not in self.pbx.workplaces:
             raise ValueError(f"callerId {workplace!r} is not a workplace of the PBX")
         call_id, tag = self.ids.outgoing()
-        call = self._new_call(call_id, tag, self.ids.transport(5070), "outgoing", workplace, number)
-        call.talk_ms = self.config.talk_ms
+        call = self._new_call(call_id, tag, self.ids.transport(5070), OUTGOING, workplace, number)
         self._resolve(call, CallOutcome.OUTGOING)
         call.tried.append(workplace)
-
-        def rung() -> None:
-            call.trying_done.set()
-            after_ms = self.pbx.answer_after_ms(workplace)
-            if after_ms is None or after_ms >= self.config.ring_timeout_ms:
-                self._later(call, self.config.ring_timeout_ms, self._outgoing_unanswered, call)
-            else:
-                self._later(call, after_ms, self._outgoing_dial, call)
-
-        self._send(call, self._outgoing_info(call, "trying", plus=True), rung)
+        call.at = workplace
+        self.step(call, Step.PLACE)
         return call
 
     def _new_call(
@@ -155,150 +129,141 @@ class CallEngine:
         self._live.add(call)
         return call
 
-    # -- commands from the API ------------------------------------------------------------
+    # -- the model's steps ----------------------------------------------------------------
 
-    def command(
-        self, kind: str, call_id: str, tag: str, transport_id: str, callee: str = ""
-    ) -> None:
-        """Carry out transferCall (``kind='transfer'``) or terminateCall, or raise why not."""
-        now, wall = time.monotonic(), time.time()
-        call = self.calls.get(call_id)
-        if call is None:
-            self.unknown_commands += 1
-            raise CommandRefused(404, Refusal.UNKNOWN_CALL, f"call {call_id!r} not found")
-        record = CommandRecord(kind, now, wall, workplace=callee or None)
-        if tag != call.tag or transport_id != call.transport_id:
-            self._refuse(call, record, 400, Refusal.BAD_PARAMS, "call.tag or transportId differs")
-        if kind == "transfer" and callee not in self.pbx.workplaces:
-            self._refuse(call, record, 400, Refusal.BAD_PARAMS, f"unknown workplace {callee!r}")
-        if call.phase is CallPhase.PARKED and call.deadline is not None and now >= call.deadline:
-            # The window timer has not fired yet (a busy loop): the PBX has routed it all the same.
-            self._cancel_timer(call)
-            self._expire(call)
-        if call.phase is not CallPhase.PARKED:
-            if call.command is not None:
-                self._refuse(call, record, 400, Refusal.DUPLICATE, "call already commanded")
-            if call.outcome is CallOutcome.PBX_TIMEOUT:
-                self._refuse(call, record, 400, Refusal.LATE, "parking window is over")
-            self._refuse(call, record, 400, Refusal.NOT_PARKED, "call is not parked")
+    def can(self, call: SimCall, step: Step) -> bool:
+        """Whether the model has ``step`` for ``call`` in its current phase."""
+        return callmodel.transition(call.phase, step, outgoing=call.type == OUTGOING) is not None
+
+    def step(self, call: SimCall, step: Step, to: str | None = None) -> None:
+        """Move ``call`` by ``step`` (to workplace ``to``) and send what the model says."""
+        moved = callmodel.transition(call.phase, step, outgoing=call.type == OUTGOING)
+        if moved is None:
+            raise RuntimeError(f"the call model has no {step} from {call.phase}")
+        call.epoch += 1  # continuations of the earlier step stand down
         self._cancel_timer(call)
-        record.accepted = True
-        call.command = record
-        call.phase = CallPhase.ROUTING
-        if kind == "transfer":
-            self._resolve(call, CallOutcome.TRANSFERRED, now)
-            self._ring(call, callee)
-        else:
-            self._resolve(call, CallOutcome.TERMINATED, now)
-            self._pbx_route(call)
+        leaving, call.phase = call.phase, moved.to
+        states = moved.notify
+        if leaving is Phase.PARKED and step in _RELEASES and self.quirks.trying_after_release:
+            states = (CallState.TRYING, *states)  # the document does not say it never happens
+        if to is not None:
+            call.tried.append(to)
+        self._engage(call)
+        if leaving is Phase.NEW:
+            self._announce(call, states)
+            return
+        for i, state in enumerate(states):
+            if state is CallState.SHOWING and to is not None:
+                call.at = to
+            info = self._info(call, state)
+            if state is CallState.HIDING:
+                call.at = None
+            self._send(call, info, self._settle if i == len(states) - 1 else None)
+        if not states:
+            self._settle(call)
 
-    def _refuse(
-        self, call: SimCall, record: CommandRecord, status: int, refusal: Refusal, message: str
-    ) -> NoReturn:
-        record.refusal, record.status = refusal, status
-        call.refused.append(record)
-        raise CommandRefused(status, refusal, message)
+    def _announce(self, call: SimCall, states: tuple[CallState, ...]) -> None:
+        """The call's first notification (``trying``), and its parking window if parked."""
+        if call.type == INCOMING and not call.parked and not self.config.announce_unparked:
+            call.trying_done.set()
+            self._settle(call)
+            return
+        copies = 1 + self.faults.duplicate_trying if call.parked else 1
+        [state] = states
+        sent = self._send(call, self._info(call, state), self._settle, copies, call.trying_done.set)
+        if call.parked and sent is not None:
+            call.trying_sent_at, call.trying_sent_at_wall = sent.sent_at, sent.sent_at_wall
+            call.deadline = call.trying_sent_at + self.config.parking_window_s
+            call.timer = asyncio.get_running_loop().call_later(
+                self.config.parking_window_s, self.expire, call
+            )
 
-    # -- the incoming lifecycle -----------------------------------------------------------
+    def _settle(self, call: SimCall) -> None:
+        """Once a step's notifications went out: arrange the call's next step."""
+        phase, workplace = call.phase, call.at
+        if phase is Phase.ROUTING:
+            picked = self.pbx.pick(call.callee, exclude=call.tried)
+            if picked is None:
+                self.step(call, Step.NOBODY)
+            else:
+                self.step(call, Step.PICK, picked)
+        elif phase is Phase.RINGING and workplace is not None:
+            after = self.pbx.answer_after_ms(workplace, call.answer)
+            if call.type == INCOMING and self.pbx.is_busy(workplace):
+                self.step(call, Step.NO_ANSWER)
+            elif after is None or after >= self.config.ring_timeout_ms:
+                self._later(call, self.config.ring_timeout_ms, Step.NO_ANSWER)
+            else:
+                self._later(call, after, Step.ANSWER)
+        elif phase is Phase.DIALLING:
+            self._later(call, self.config.callee_answer_ms, Step.ANSWER)
+        elif phase is Phase.CONNECTED:
+            self._later(call, call.talk_ms, Step.HANG_UP)
+        elif phase is Phase.ENDED:
+            if call.connected_at is None:
+                self.step(call, Step.CLOSE)
+            else:
+                self._later(call, self.config.record_delay_ms, Step.RECORD)
+        elif phase is Phase.DONE:
+            self._done(call)
 
-    def _expire(self, call: SimCall) -> None:
+    def expire(self, call: SimCall) -> None:
         """The parking window ran out with no command: the PBX takes over."""
-        if call.phase is not CallPhase.PARKED:
+        if call.phase is not Phase.PARKED:
             return
         call.timer = None
-        call.phase = CallPhase.ROUTING
         self._resolve(call, CallOutcome.PBX_TIMEOUT)
-        self._pbx_route(call)
+        self.step(call, Step.WINDOW_OVER)
 
-    def _pbx_route(self, call: SimCall) -> None:
-        workplace = self.pbx.pick(call.callee, exclude=call.tried)
-        if workplace is not None:
-            self._ring(call, workplace)
-            return
-        info = self._incoming_info(call, "finished", call.callee, timing=False)
-        ended(info, 0, REASON_NO_ANSWER)
-        self._send(call, info, lambda: self._done(call))
+    def _engage(self, call: SimCall) -> None:
+        """Keep the PBX's "on a call" in step: from the answer to the end of the talk."""
+        talking = call.phase is Phase.CONNECTED or call.phase is Phase.DIALLING
+        if talking and call.engaged is None and call.at is not None:
+            call.engaged = call.workplace = call.at
+            call.terminal = self.pbx.answering_terminal(call.at)
+            self.pbx.engage(call.at)
+        elif not talking and call.engaged is not None:
+            self.pbx.release(call.engaged)
+            call.engaged = None
+        if call.phase is Phase.CONNECTED:
+            call.connected_at = time.monotonic()
 
-    def _ring(self, call: SimCall, workplace: str) -> None:
-        call.tried.append(workplace)
+    # -- payloads -------------------------------------------------------------------------
 
-        def rung() -> None:
-            after_ms = self.pbx.answer_after_ms(workplace, call.answer)
-            if self.pbx.is_busy(workplace):
-                self._hide(call, workplace)
-            elif after_ms is None or after_ms >= self.config.ring_timeout_ms:
-                self._later(call, self.config.ring_timeout_ms, self._hide, call, workplace)
-            else:
-                self._later(call, after_ms, self._connect, call, workplace)
-
-        self._send(call, self._incoming_info(call, "showing", workplace), rung)
-
-    def _hide(self, call: SimCall, workplace: str) -> None:
-        info = self._incoming_info(call, "hiding", workplace)
-        self._send(call, info, lambda: self._pbx_route(call))
-
-    def _connect(self, call: SimCall, workplace: str) -> None:
-        self.pbx.engage(workplace)
-        call.workplace = workplace
-        info = self._incoming_info(call, "connected", workplace, start=start_time())
-        self._send(call, info, lambda: self._later(call, call.talk_ms, self._hang_up, call))
-
-    def _hang_up(self, call: SimCall) -> None:
-        workplace = call.workplace
-        assert workplace is not None
-        self.pbx.release(workplace)
-        if call.type == "incoming":
-            info = self._incoming_info(call, "finished", workplace, timing=False)
-            reason = REASON_NORMAL
+    def _info(self, call: SimCall, state: CallState) -> CallInfoWire:
+        """The ``callInfo`` of ``call`` in ``state``, as the document shows it."""
+        if state is CallState.RECORDED:
+            day = call.start_time[:10].replace("-", "/")
+            url = f"https://records.mtt.example/{day}/{quote(call.id, safe='')}.mp3"
+            return recorded_info(call.id, call.terminal or call.workplace or call.callee, url)
+        answered = call.connected_at is not None
+        start = start_time() if state is CallState.CONNECTED else ""
+        timing = state is not CallState.FINISHED
+        centrex = self.config.centrex_id
+        if call.type == OUTGOING:
+            # The workplace calls out under the company's (first) external number.
+            shown_as = self.pbx.numbers[0] if self.pbx.numbers else call.caller
+            plus = state is CallState.TRYING or state is CallState.SHOWING or not answered
+            terminal = self.pbx.answering_terminal(call.caller)
+            info = outgoing_info(
+                call, str(state), shown_as, terminal, centrex, plus=plus, start=start, timing=timing
+            )
+            reason = REASON_ORIGINATE if answered else REASON_ORIGINATE_NO_ANSWER
         else:
-            info = self._outgoing_info(call, "finished", plus=False, timing=False)
-            reason = REASON_ORIGINATE
-        ended(info, round(call.talk_ms / 1000), reason)
-        self._send(
-            call, info, lambda: self._later(call, self.config.record_delay_ms, self._record, call)
-        )
-
-    def _record(self, call: SimCall) -> None:
-        assert call.workplace is not None
-        day = call.start_time[:10].replace("-", "/")
-        url = f"https://records.mtt.example/{day}/{quote(call.id, safe='')}.mp3"
-        self._send(call, recorded_info(call.id, call.workplace, url), lambda: self._done(call))
-
-    # -- the makeCall lifecycle -----------------------------------------------------------
-
-    def _outgoing_dial(self, call: SimCall) -> None:
-        call.workplace = call.caller
-        self.pbx.engage(call.caller)
-
-        def ringing() -> None:
-            self._later(call, self.config.callee_answer_ms, self._outgoing_connect, call)
-
-        self._send(call, self._outgoing_info(call, "showing", plus=True), ringing)
-
-    def _outgoing_connect(self, call: SimCall) -> None:
-        info = self._outgoing_info(call, "connected", plus=False, start=start_time())
-        self._send(call, info, lambda: self._later(call, call.talk_ms, self._hang_up, call))
-
-    def _outgoing_unanswered(self, call: SimCall) -> None:
-        info = self._outgoing_info(call, "finished", plus=True, timing=False)
-        ended(info, 0, REASON_ORIGINATE_NO_ANSWER)
-        self._send(call, info, lambda: self._done(call))
-
-    def _incoming_info(
-        self, call: SimCall, state: str, account: str, *, start: str = "", timing: bool = True
-    ) -> CallInfoWire:
-        return incoming_info(
-            call, state, account, self.config.centrex_id, start=start, timing=timing
-        )
-
-    def _outgoing_info(
-        self, call: SimCall, state: str, *, plus: bool, start: str = "", timing: bool = True
-    ) -> CallInfoWire:
-        # The workplace calls out under the company's (first) external number.
-        shown_as = self.pbx.numbers[0] if self.pbx.numbers else call.caller
-        return outgoing_info(
-            call, state, shown_as, self.config.centrex_id, plus=plus, start=start, timing=timing
-        )
+            at = call.at if state is not CallState.FINISHED or answered else None
+            sip_id = None
+            if at is not None:
+                sip_id = at if self.quirks.leg_id == "workplace" else call.callee
+            account = None if at is None else self.pbx.answering_terminal(at)
+            info = incoming_info(
+                call, str(state), centrex, sip_id=sip_id, terminal=account, start=start,
+                timing=timing,
+            )  # fmt: skip
+            reason = REASON_NORMAL if answered else REASON_NO_ANSWER
+        if state is CallState.FINISHED:
+            talked_s = time.monotonic() - call.connected_at if call.connected_at else 0.0
+            ended(info, round(talked_s), reason)
+        return info
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -307,8 +272,11 @@ class CallEngine:
         call.outcome_at = time.monotonic() if at is None else at
         call.outcome_known.set()
 
+    def resolve(self, call: SimCall, outcome: CallOutcome, at: float) -> None:
+        """A command ended the parking at ``at``."""
+        self._resolve(call, outcome, at)
+
     def _done(self, call: SimCall) -> None:
-        call.phase = CallPhase.DONE
         call.done_at = time.monotonic()
         self._live.discard(call)
         call.finished.set()
@@ -318,21 +286,43 @@ class CallEngine:
             call.timer.cancel()
             call.timer = None
 
-    def _later(self, call: SimCall, delay_ms: float, fn: Callable[..., None], *args: Any) -> None:
+    def _later(self, call: SimCall, delay_ms: float, step: Step) -> None:
         if not self.delivery.closing:
             loop = asyncio.get_running_loop()
-            call.timer = loop.call_later(max(0.0, delay_ms) / 1000.0, fn, *args)
+            call.timer = loop.call_later(max(0.0, delay_ms) / 1000.0, self.step, call, step)
 
     def _send(
         self,
         call: SimCall,
         info: CallInfoWire,
-        then: Callable[[], None] | None = None,
+        then: Callable[[SimCall], None] | None = None,
         copies: int = 1,
+        always: Callable[[], None] | None = None,
+    ) -> NotificationRecord | None:
+        """POST one notification of ``call`` once the one in flight was answered; then run
+        ``then(call)`` unless a later step overtook it (``always`` runs regardless)."""
+        epoch = call.epoch
+
+        def answered() -> None:
+            call.in_flight = False
+            if always is not None:
+                always()
+            if then is not None and call.epoch == epoch:
+                then(call)
+            if call.outbox and not call.in_flight:
+                self._post(call, *call.outbox.popleft())
+
+        if call.in_flight:
+            call.outbox.append((info, answered, 1))
+            return None
+        return self._post(call, info, answered, copies)
+
+    def _post(
+        self, call: SimCall, info: Any, answered: Callable[[], None] | None, copies: int
     ) -> NotificationRecord:
-        """Record and POST one notification of ``call`` (``copies`` times); then run ``then``."""
+        call.in_flight = True
         payload = call_notification(info)
-        return self.delivery.send(call.notifications, info["state"], payload, then, copies)
+        return self.delivery.send(call.notifications, info["state"], payload, answered, copies)
 
     async def notify_vpbx(self, event_type: str) -> NotificationRecord:
         """Send ``vpbxNotifications`` with ``eventType`` and wait until it was delivered."""
@@ -358,4 +348,5 @@ class CallEngine:
         await self.shutdown()
         self.delivery.reopen()
         self.calls.clear()
+        self.violations.clear()
         self.unknown_commands = 0

@@ -52,7 +52,10 @@ class SimConfig:
     workplaces: tuple[str, ...] = DOC_WORKPLACES
     workplace_names: Mapping[str, str] = field(default_factory=lambda: DOC_WORKPLACE_NAMES)
     terminals: Mapping[str, str] = field(default_factory=dict)
-    """Terminal SIP ID -> workplace; empty means one terminal per workplace with the same ID."""
+    """Terminal SIP ID -> workplace; empty means one terminal per workplace with the same ID
+    (a workplace with no terminal listed here gets one with its own ID)."""
+    answering_terminals: Mapping[str, str] = field(default_factory=dict)
+    """Workplace -> the terminal that picks up its calls (default: its first terminal)."""
     routes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """External number -> workplaces the PBX tries in order; absent means all, config order."""
     terminals_key: str = "terminals_list"
@@ -74,6 +77,15 @@ class SimConfig:
     """States recorded but not POSTed (load tests: e.g. ``{"showing", "recorded"}``)."""
     announce_unparked: bool = True
     """Send ``trying`` for calls that are not parked (MTT announces every call's start)."""
+
+    # What MTT's document leaves open (each also a run-time knob: Simulator.quirks).
+    leg_id: Literal["workplace", "number"] = "workplace"
+    """``id`` of a leg at a workplace: the workplace's SIP ID (the document's table: "SIP ID
+    ВАТС (если есть)") or the external number (as in the incoming ``trying`` example)."""
+    trying_after_release: bool = False
+    """Announce a call again (a second ``trying``) when terminateCall or the window releases it."""
+    list_total_extra: int = 0
+    """Add this to ``total`` in the *Info answers (a list longer than the answer holds)."""
 
     webhook_url: str | None = None
     """Full URL notifications are POSTed to (the daemon's ``<redirect_uri>/events``)."""
@@ -98,14 +110,49 @@ class SimConfig:
         for number, route in self.routes.items():
             if unknown := set(route) - set(self.workplaces):
                 raise ValueError(f"routes.{number}: unknown workplaces {sorted(unknown)}")
+        if unknown := set(self.terminals.values()) - set(self.workplaces):
+            raise ValueError(f"terminals: unknown workplaces {sorted(unknown)}")
+        if self.list_total_extra < 0:
+            raise ValueError("list_total_extra: must be >= 0")
 
     def name_of(self, workplace: str) -> str:
         """The display name of ``workplace`` ("" like the document's example when unnamed)."""
         return self.workplace_names.get(workplace, "")
 
     def terminal_map(self) -> dict[str, str]:
-        """Terminal -> workplace, defaulting to one same-ID terminal per workplace."""
-        return dict(self.terminals) if self.terminals else {w: w for w in self.workplaces}
+        """Terminal -> workplace; a workplace no terminal names gets one with its own ID."""
+        mapped = dict(self.terminals)
+        named = set(mapped.values())
+        mapped.update({w: w for w in self.workplaces if w not in named})
+        return mapped
+
+
+@dataclass(slots=True)
+class Quirks:
+    """The run-time knobs for what MTT's document leaves open (see :class:`SimConfig`)."""
+
+    leg_id: Literal["workplace", "number"] = "workplace"
+    trying_after_release: bool = False
+    list_total_extra: int = 0
+
+    @classmethod
+    def of(cls, config: SimConfig) -> Quirks:
+        """The configured knobs."""
+        return cls(config.leg_id, config.trying_after_release, config.list_total_extra)
+
+    def update(self, data: Mapping[str, object]) -> None:
+        """Apply a ``POST /_sim/quirks`` body; ``ValueError`` (changing nothing) when bad."""
+        leg_id = data.get("leg_id", self.leg_id)
+        again = data.get("trying_after_release", self.trying_after_release)
+        extra = data.get("list_total_extra", self.list_total_extra)
+        if leg_id not in ("workplace", "number"):
+            raise ValueError("leg_id must be 'workplace' or 'number'")
+        if not isinstance(again, bool):
+            raise ValueError("trying_after_release must be true or false")
+        if isinstance(extra, bool) or not isinstance(extra, int) or extra < 0:
+            raise ValueError("list_total_extra must be a non-negative integer")
+        self.leg_id = "workplace" if leg_id == "workplace" else "number"
+        self.trying_after_release, self.list_total_extra = again, extra
 
 
 def generated_workplaces(count: int, start: int = 883140777716581) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ No auth: the simulator is a test double that listens on loopback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -106,6 +107,26 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(_sim(request).stats())
 
 
+async def list_violations(request: web.Request) -> web.Response:
+    """``GET /_sim/violations``: commands that may have acted on a live call, oldest first."""
+    return web.json_response({"violations": [v.to_json() for v in _sim(request).violations()]})
+
+
+async def get_quirks(request: web.Request) -> web.Response:
+    """``GET /_sim/quirks``."""
+    return web.json_response(dataclasses.asdict(_sim(request).quirks))
+
+
+async def set_quirks(request: web.Request) -> web.Response:
+    """``POST /_sim/quirks`` {leg_id?, trying_after_release?, list_total_extra?}."""
+    sim = _sim(request)
+    try:
+        sim.quirks.update(await _object(request))
+    except (_Bad, ValueError) as exc:
+        return _bad(str(exc))
+    return web.json_response(dataclasses.asdict(sim.quirks))
+
+
 async def get_webhook(request: web.Request) -> web.Response:
     """``GET /_sim/webhook``."""
     return web.json_response({"url": _sim(request).webhook_url})
@@ -131,6 +152,8 @@ async def list_workplaces(request: web.Request) -> web.Response:
             "workplace": w,
             "name": name,
             "answer_after_ms": pbx.answer_after_ms(w),
+            "terminals": pbx.terminals_of(w),
+            "answering_terminal": pbx.answering_terminal(w),
             "busy": pbx.is_busy(w),
         }
         for w, name in pbx.workplaces.items()
@@ -235,6 +258,9 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/_sim/calls/{id}", get_call)
     r.add_get("/_sim/requests", list_requests)
     r.add_get("/_sim/stats", stats)
+    r.add_get("/_sim/violations", list_violations)
+    r.add_get("/_sim/quirks", get_quirks)
+    r.add_post("/_sim/quirks", set_quirks)
     r.add_get("/_sim/webhook", get_webhook)
     r.add_put("/_sim/webhook", set_webhook)
     r.add_post("/_sim/webhook", set_webhook)

@@ -16,10 +16,11 @@ from aiohttp import web
 
 from router.mtt.tokens import TokenResponse
 from router.simulator.calls import CallEngine
-from router.simulator.config import SimConfig
+from router.simulator.commands import CommandDesk
+from router.simulator.config import Quirks, SimConfig
 from router.simulator.faults import Faults
 from router.simulator.pbx import Pbx
-from router.simulator.records import NotificationRecord, RequestRecord, SimCall
+from router.simulator.records import NotificationRecord, RequestRecord, SimCall, Violation
 from router.simulator.tokens import TokenAuthority
 from router.simulator.webhook import WebhookSender
 from router.simulator.wire import IdMaker
@@ -39,8 +40,11 @@ class Simulator:
         self.pbx = Pbx(self.config)
         self.tokens = TokenAuthority(self.config, ids)
         self.faults = Faults(self.rng)
+        self.quirks = Quirks.of(self.config)
+        """What MTT's document leaves open, switchable at run time."""
         self.webhook = WebhookSender(self.config.webhook_timeout_s, self.config.webhook_connections)
-        self.engine = CallEngine(self.config, self.pbx, self.webhook, ids, self.faults)
+        self.engine = CallEngine(self.config, self.pbx, self.webhook, ids, self.faults, self.quirks)
+        self.commands = CommandDesk(self.engine)
         self.requests: deque[RequestRecord] = deque(maxlen=self.config.request_log_size)
         self.url = ""
         """Base URL (``http://host:port``) once served; use it as both oauth_url and api_url."""
@@ -117,6 +121,10 @@ class Simulator:
         """Every call in the log, oldest first."""
         return list(self.engine.calls.values())
 
+    def violations(self) -> list[Violation]:
+        """Commands that may have acted on a live call, oldest first (tests assert none)."""
+        return list(self.engine.violations)
+
     # -- PBX settings ---------------------------------------------------------------------
 
     def set_answer(self, workplace: str, after_ms: float | None) -> None:
@@ -175,12 +183,14 @@ class Simulator:
     def stats(self) -> dict[str, Any]:
         """Counts for ``/_sim/stats``: grants, refusals, requests, calls by outcome, deliveries."""
         outcomes: Counter[str] = Counter()
+        commands: Counter[str] = Counter()
         latencies: list[float] = []
         delivered = failed = skipped = 0
         for call in self.engine.calls.values():
             outcomes[str(call.outcome) if call.outcome else "pending"] += 1
             if call.late:
                 outcomes["late_command"] += 1
+            commands.update(str(c.verdict) for c in call.commands if c.verdict is not None)
             if (latency := call.decision_latency_s) is not None:
                 latencies.append(latency)
             for n in call.notifications:
@@ -209,6 +219,8 @@ class Simulator:
                 "live": self.engine.live_calls(),
                 "by_outcome": dict(outcomes),
                 "unknown_call_commands": self.engine.unknown_commands,
+                "commands": {v: commands[v] for v in ("fine", "reroute", "violation")},
+                "violations": len(self.engine.violations),
                 "decision_latency_s": _summary(latencies),
             },
             "notifications": {"delivered": delivered, "failed": failed, "skipped": skipped},
@@ -218,6 +230,12 @@ class Simulator:
         """Back to the configured state: no calls, tokens, faults or logs; webhook as configured."""
         await self.engine.reset()
         self.pbx.reset()
+        fresh = Quirks.of(self.config)
+        self.quirks.leg_id, self.quirks.trying_after_release = (
+            fresh.leg_id,
+            fresh.trying_after_release,
+        )
+        self.quirks.list_total_extra = fresh.list_total_extra
         self.tokens.reset()
         self.faults.clear()
         self.requests.clear()

@@ -1,4 +1,4 @@
-"""The virtual PBX being simulated: numbers, parking, workplaces, terminals, who is on a call.
+"""The virtual PBX being simulated: numbers, parking, workplaces and their terminals, who is busy.
 
 Pure state, no I/O: the call engine asks it where the PBX would send a call, the API handlers
 read it for the ``*Info`` answers.
@@ -22,6 +22,8 @@ class Pbx:
         self.parked: set[str] = set()
         self.workplaces: dict[str, str] = {}
         self.terminals: dict[str, str] = {}
+        self.answering: dict[str, str] = {}
+        """Workplace -> the terminal that picks up (default: its first terminal)."""
         self.routes: dict[str, tuple[str, ...]] = {}
         self.answer_overrides: dict[str, float | None] = {}
         self.on_call: dict[str, int] = {}
@@ -35,6 +37,7 @@ class Pbx:
         self.parked = set(c.numbers) if c.parked == "all" else set(c.parked)
         self.workplaces = {w: c.name_of(w) for w in c.workplaces}
         self.terminals = c.terminal_map()
+        self.answering = dict(c.answering_terminals)
         self.routes = dict(c.routes)
         self.answer_overrides = dict(c.answer_overrides)
         self.on_call = {}
@@ -76,12 +79,30 @@ class Pbx:
     # -- workplaces -------------------------------------------------------------------------
 
     def set_workplaces(self, workplaces: Mapping[str, str]) -> None:
-        """Replace the workplaces (SIP ID -> name); terminals follow one per workplace."""
+        """Replace the workplaces (SIP ID -> name); a new workplace gets a same-ID terminal."""
         self.workplaces = dict(workplaces)
-        self.terminals = {w: w for w in self.workplaces}
+        self.terminals = {t: w for t, w in self.terminals.items() if w in self.workplaces}
+        named = set(self.terminals.values())
+        self.terminals.update({w: w for w in self.workplaces if w not in named})
         self.routes = {
             n: tuple(w for w in route if w in self.workplaces) for n, route in self.routes.items()
         }
+
+    def terminals_of(self, workplace: str) -> list[str]:
+        """The terminals of ``workplace``, as terminalsInfo lists them."""
+        return [t for t, w in self.terminals.items() if w == workplace]
+
+    def set_terminals(self, workplace: str, terminals: Iterable[str]) -> None:
+        """Give ``workplace`` exactly these terminals (the first picks up unless told otherwise)."""
+        self.terminals = {t: w for t, w in self.terminals.items() if w != workplace}
+        self.terminals.update(dict.fromkeys(terminals, workplace))
+
+    def answering_terminal(self, workplace: str) -> str:
+        """The terminal a call to ``workplace`` is answered on (its own ID if it has none)."""
+        chosen = self.answering.get(workplace)
+        if chosen is not None and self.terminals.get(chosen) == workplace:
+            return chosen
+        return next(iter(self.terminals_of(workplace)), workplace)
 
     def set_answer(self, workplace: str, after_ms: float | None) -> None:
         """Make ``workplace`` answer after ``after_ms`` (``None``: never answer)."""
@@ -131,17 +152,19 @@ class Pbx:
 
     # -- the *Info answers ----------------------------------------------------------------
 
-    def numbers_info(self) -> dict[str, Any]:
+    # ``extra`` is added to ``total``: the knob for a list longer than the answer holds.
+
+    def numbers_info(self, extra: int = 0) -> dict[str, Any]:
         """``externalNumbersInfo`` result: ``type`` is ``null`` as in the document."""
         rows = [{"number": n, "type": None} for n in self.numbers]
-        return {"total": len(rows), "numbersList": rows}
+        return {"total": len(rows) + extra, "numbersList": rows}
 
-    def workplaces_info(self) -> dict[str, Any]:
+    def workplaces_info(self, extra: int = 0) -> dict[str, Any]:
         """``workPlacesInfo`` result."""
         rows = [{"workplace": w, "name": name} for w, name in self.workplaces.items()]
-        return {"total": len(rows), "workplacesList": rows}
+        return {"total": len(rows) + extra, "workplacesList": rows}
 
-    def terminals_info(self) -> dict[str, Any]:
+    def terminals_info(self, extra: int = 0) -> dict[str, Any]:
         """``terminalsInfo`` result, under the configured list key (``terminals_list``)."""
         rows = [{"terminal": t, "workplace": w} for t, w in self.terminals.items()]
-        return {"total": len(rows), self.config.terminals_key: rows}
+        return {"total": len(rows) + extra, self.config.terminals_key: rows}

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from router.callmodel import CommandClass, CommandReason, Phase
 
 
 class CallOutcome(enum.StrEnum):
@@ -31,26 +34,24 @@ class CallOutcome(enum.StrEnum):
 
 
 class Refusal(enum.StrEnum):
-    """Why a transferCall/terminateCall was refused."""
+    """Why a transferCall/terminateCall was not carried out (its HTTP answer was not 2xx)."""
 
-    LATE = "late"
-    DUPLICATE = "duplicate"
-    NOT_PARKED = "not_parked"
     UNKNOWN_CALL = "unknown_call"
+    """404: no call with this id (never announced, or forgotten from the log)."""
+    GONE = "gone"
+    """404: the call is over; MTT has nothing left to act on."""
     BAD_PARAMS = "bad_params"
+    FAULT = "fault"
+    """A fault knob answered instead (a 5xx or a dropped connection may have been applied)."""
 
 
-class CallPhase(enum.StrEnum):
-    """Where a call is in its life."""
-
-    PARKED = "parked"
-    ROUTING = "routing"
-    DONE = "done"
+CallPhase = Phase
+"""The phases of :mod:`router.callmodel` (kept under the simulator's older name)."""
 
 
 @dataclass(slots=True)
 class CommandRecord:
-    """One transferCall/terminateCall the simulator received for a call."""
+    """One transferCall/terminateCall the simulator received for a call, and its class."""
 
     kind: str
     """``transfer`` or ``terminate``."""
@@ -58,8 +59,16 @@ class CommandRecord:
     received_at_wall: float
     workplace: str | None = None
     accepted: bool = False
+    """Carried out (answered 2xx)."""
     refusal: Refusal | None = None
     status: int = 200
+    reason: CommandReason | None = None
+    """Why it is fine, a re-route or a violation (:func:`router.callmodel.classify_command`)."""
+
+    @property
+    def verdict(self) -> CommandClass | None:
+        """fine, reroute or violation."""
+        return None if self.reason is None else self.reason.verdict
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON for ``/_sim/calls``."""
@@ -71,6 +80,28 @@ class CommandRecord:
             "accepted": self.accepted,
             "refusal": None if self.refusal is None else str(self.refusal),
             "status": self.status,
+            "class": None if self.verdict is None else str(self.verdict),
+            "reason": None if self.reason is None else str(self.reason),
+        }
+
+
+class Violation(NamedTuple):
+    """A command that may have acted on a live call: the daemon must never send one."""
+
+    call_id: str
+    kind: str
+    reason: CommandReason
+    workplace: str | None
+    received_at_wall: float
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for ``/_sim/violations``."""
+        return {
+            "call_id": self.call_id,
+            "kind": self.kind,
+            "reason": str(self.reason),
+            "workplace": self.workplace,
+            "received_at_wall": self.received_at_wall,
         }
 
 
@@ -118,32 +149,60 @@ class SimCall:
     """Per-call answer behaviour by workplace (``None``: never answers)."""
     forwarders: tuple[str, ...] = ()
     parked: bool = False
-    phase: CallPhase = CallPhase.ROUTING
+    phase: Phase = Phase.NEW
     trying_sent_at: float | None = None
     trying_sent_at_wall: float | None = None
     deadline: float | None = None
     """``trying_sent_at + parking window``: commands at or after it are late."""
     command: CommandRecord | None = None
-    """The accepted command, if any."""
-    refused: list[CommandRecord] = field(default_factory=list)
+    """The command that ended the parking, if any."""
+    commands: list[CommandRecord] = field(default_factory=list)
+    """Every command received for the call, in order, each classified."""
     outcome: CallOutcome | None = None
     outcome_at: float | None = None
     tried: list[str] = field(default_factory=list)
     """Workplaces rung, in order."""
+    at: str | None = None
+    """The workplace the call rings or talks at now."""
+    sent_to: str | None = None
+    """The workplace a fine transfer (or re-route) of the daemon named last."""
+    maybe_applied: bool = False
+    """A command for the call was answered 5xx or not at all: it may have been applied."""
     workplace: str | None = None
     """The workplace that answered (``None``: nobody did)."""
+    terminal: str | None = None
+    """The terminal it answered on."""
+    connected_at: float | None = None
+    engaged: str | None = None
+    """The workplace this call keeps on a call (for the PBX's "busy")."""
     done_at: float | None = None
     notifications: list[NotificationRecord] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+    epoch: int = field(default=0, repr=False)
+    """Bumped on every step: continuations of an earlier step see it and stand down."""
+    in_flight: bool = field(default=False, repr=False)
+    outbox: deque[tuple[Any, Callable[[], None] | None, int]] = field(
+        default_factory=deque, repr=False
+    )
+    """Notifications waiting for the one in flight: a call's notifications go out in order."""
     trying_done: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     outcome_known: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
+    def refused(self) -> list[CommandRecord]:
+        """The commands not carried out."""
+        return [c for c in self.commands if c.refusal is not None]
+
+    @property
+    def violations(self) -> list[CommandRecord]:
+        """The commands that may have acted on a live call."""
+        return [c for c in self.commands if c.verdict is CommandClass.VIOLATION]
+
+    @property
     def first_command(self) -> CommandRecord | None:
-        """The first transfer/terminate received, accepted or not."""
-        candidates = [c for c in (self.command, *self.refused) if c is not None]
-        return min(candidates, key=lambda c: c.received_at) if candidates else None
+        """The first transfer/terminate received, carried out or not."""
+        return self.commands[0] if self.commands else None
 
     @property
     def decision_latency_s(self) -> float | None:
@@ -156,7 +215,7 @@ class SimCall:
     @property
     def late(self) -> bool:
         """True when a command arrived after the window (the PBX had routed the call)."""
-        return any(c.refusal is Refusal.LATE for c in self.refused)
+        return any(c.reason is CommandReason.AFTER_WINDOW for c in self.commands)
 
     @property
     def states(self) -> list[str]:
@@ -194,7 +253,8 @@ class SimCall:
             "callee": self.callee,
             "forwarders": list(self.forwarders),
             "parked": self.parked,
-            "phase": str(self.phase),
+            # "done" once every notification went out (recorded too), as the records always said.
+            "phase": "done" if self.done_at is not None else str(self.phase),
             "placed_at": self.placed_at,
             "placed_at_wall": self.placed_at_wall,
             "start_time": self.start_time,
@@ -202,13 +262,17 @@ class SimCall:
             "trying_sent_at_wall": self.trying_sent_at_wall,
             "deadline": self.deadline,
             "command": None if self.command is None else self.command.to_json(),
+            "commands": [c.to_json() for c in self.commands],
             "refused": [c.to_json() for c in self.refused],
+            "violations": [c.to_json() for c in self.violations],
             "outcome": None if self.outcome is None else str(self.outcome),
             "outcome_at": self.outcome_at,
             "late": self.late,
             "decision_latency_s": self.decision_latency_s,
             "tried": list(self.tried),
+            "at": self.at,
             "workplace": self.workplace,
+            "terminal": self.terminal,
             "done_at": self.done_at,
             "states": self.states,
             "notifications": [n.to_json() for n in self.notifications],

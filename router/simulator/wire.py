@@ -1,9 +1,11 @@
 """Notification payloads exactly as MTT's document shows them, quirks included.
 
 The quirks are deliberate: the client side of an incoming call has ``accountId`` ending in
-``@pstn`` and no ``centrexId``; the PBX side has ``displayName: ""``; ``finished`` has no
-``startTime`` but ``reasonCode: null``; ``recorded`` has no ``tag`` and carries ``accountId`` at
-the top of ``callInfo``; a makeCall callee is ``+7...`` while ringing, ``7...`` once connected.
+``@pstn`` and no ``centrexId``; the PBX side has ``displayName: ""``, and at a workplace its
+``id`` is the workplace's SIP ID and its ``accountId`` the terminal's (the document's table);
+``finished`` has no ``startTime`` but ``reasonCode: null``; ``recorded`` has no ``tag`` and
+carries ``accountId`` at the top of ``callInfo``; a makeCall callee is ``+7...`` while ringing,
+``7...`` once connected.
 """
 
 from __future__ import annotations
@@ -144,23 +146,29 @@ def client_party(number: str, forwarders: list[str] | None = None) -> PartyWire:
 
 
 def pbx_party(
-    number: str, account: str, centrex_id: str, forwarders: list[str] | None = None
+    number: str,
+    centrex_id: str,
+    forwarders: list[str] | None = None,
+    *,
+    sip_id: str | None = None,
+    account: str | None = None,
 ) -> PartyWire:
-    """The PBX side: ``accountId`` is the external number (parked) or the workplace ringing."""
+    """The PBX side: the external number (the parked leg), or a workplace's ``sip_id`` reached
+    on the terminal ``account``."""
     return {
-        "accountId": account,
+        "accountId": account or number,
         "centrexId": centrex_id,
         "displayId": number,
         "displayName": "",
         "forwarderList": list(forwarders or []),
-        "id": number,
+        "id": sip_id or number,
     }
 
 
-def workplace_caller(number: str, workplace: str, centrex_id: str) -> PartyWire:
-    """The caller of a makeCall leg: the workplace, showing the company's number, no name."""
+def workplace_caller(number: str, terminal: str, centrex_id: str) -> PartyWire:
+    """The caller of a makeCall leg: the workplace's terminal, showing the company's number."""
     return {
-        "accountId": workplace,
+        "accountId": terminal,
         "centrexId": centrex_id,
         "displayId": number,
         "forwarderList": [],
@@ -184,26 +192,31 @@ def vpbx_notification(event_type: str) -> VpbxNotificationWire:
 
 
 def recorded_info(call_id: str, account: str, url: str) -> CallInfoWire:
-    """The document's ``recorded`` shape: no tag, no type, ``accountId`` at the top."""
+    """The document's ``recorded`` shape: no tag, no type, ``accountId`` (the terminal) on top."""
     return {"accountId": account, "call": {"id": call_id}, "state": "recorded", "urlRecord": url}
 
 
 def incoming_info(
     call: SimCall,
     state: str,
-    account: str,
     centrex_id: str,
     *,
+    sip_id: str | None = None,
+    terminal: str | None = None,
     start: str = "",
     timing: bool = True,
 ) -> CallInfoWire:
-    """``callInfo`` of an incoming leg; ``account`` is the number parked or the workplace rung.
+    """``callInfo`` of an incoming leg: at the external number, or at a workplace (``sip_id``)
+    on one of its terminals.
 
     ``timing=False`` leaves ``startTime`` out, as the document's ``finished`` does.
     """
+    callee = pbx_party(
+        call.callee, centrex_id, list(call.forwarders), sip_id=sip_id, account=terminal
+    )
     info: CallInfoWire = {
         "call": {"id": call.id, "tag": call.tag},
-        "callee": pbx_party(call.callee, account, centrex_id, list(call.forwarders)),
+        "callee": callee,
         "caller": client_party(call.caller),
     }
     if timing:
@@ -216,20 +229,22 @@ def outgoing_info(
     call: SimCall,
     state: str,
     shown_as: str,
+    terminal: str,
     centrex_id: str,
     *,
     plus: bool,
     start: str = "",
     timing: bool = True,
 ) -> CallInfoWire:
-    """``callInfo`` of a makeCall leg: the workplace calls out showing the number ``shown_as``."""
+    """``callInfo`` of a makeCall leg: the workplace calls out from ``terminal`` showing the
+    number ``shown_as``."""
     digits = try_normalize(call.callee)
     # The document shows the dialled number as +7... while ringing and 7... once connected.
     dialled = call.callee if digits is None else f"+{digits}" if plus else digits
     info: CallInfoWire = {
         "call": {"id": call.id, "tag": call.tag},
         "callee": dialled_party(dialled),
-        "caller": workplace_caller(shown_as, call.caller, centrex_id),
+        "caller": workplace_caller(shown_as, terminal, centrex_id),
     }
     if timing:
         info["startTime"] = start or call.start_time
