@@ -132,3 +132,10 @@ class Metrics:
             "Notifications not written to log.capture (the writer fell behind or failed).",
             registry=r,
         )
+        self.api_answers_unread = Counter(
+            "mtt_router_api_answers_unread",
+            "Answers of MTT's list methods not read in full (a list key the parser does not know, "
+            "a total above the entries read, unreadable entries), by method.",
+            ["method"],
+            registry=r,
+        )

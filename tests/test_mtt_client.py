@@ -4,6 +4,7 @@ deadlines under latency, which requests are retried, typed errors and metrics.""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,7 +35,7 @@ from router.mtt.models import (
 )
 from router.simulator import EndpointFault, SimConfig, Simulator, serve_simulator
 from router.state.memory import MemoryTokenStore
-from tests.mtt_support import issued_set, manager, sample
+from tests.mtt_support import issued_set, json_logs, manager, sample
 
 SLACK_S = 0.25
 """Allowed lateness past a deadline on a loaded 2-core CI box."""
@@ -214,6 +215,81 @@ def test_unreadable_entries_are_skipped_and_counted() -> None:
     parsed = parse_workplaces({"workplacesList": [{"name": "no id"}, "junk", {"workplace": "7"}]})
     assert parsed.items == [Workplace("7", "")]
     assert parsed.skipped == 2
+
+
+@pytest.mark.parametrize(
+    ("result", "unread"),
+    [
+        (DOC_NUMBERS["result"], ()),
+        ({"total": 0, "numbersList": []}, ()),
+        (
+            {"numbersList": [{"number": "1"}], "extraNumbers": [{"number": "2"}]},
+            ("unknown list key 'extraNumbers'",),
+        ),
+        ({"total": 3, "numbersList": [{"number": "1"}]}, ("total 3 but 1 read",)),
+        (
+            {"Total": 2, "numbers_list": [{"number": "1"}, {"no": "number"}]},
+            ("total 2 but 1 read",),
+        ),
+        ({"numbersList": [{"number": "1"}, "junk"]}, ("1 entries unreadable",)),
+        ({"numbersList": {"number": "1"}}, ("the list is a dict",)),
+        (None, ("no list in the answer",)),
+        ("78005560251", ("the answer is not a list",)),
+    ],
+    ids=[
+        "doc",
+        "empty",
+        "unknown-key",
+        "total",
+        "Total-skipped",
+        "skipped",
+        "not-list",
+        "null",
+        "text",
+    ],
+)
+def test_what_a_list_answer_leaves_unread(result: Any, unread: tuple[str, ...]) -> None:
+    """A list key the parser does not know, a total above the items, unreadable entries."""
+    parsed = parse_numbers(result)
+    assert (parsed.unread, parsed.complete) == (unread, not unread)
+
+
+async def test_unread_answer_is_a_warning_and_a_count(
+    session: aiohttp.ClientSession, tokens: TokenManager, fake_mtt: tuple[FakeMtt, str]
+) -> None:
+    """An answer with a list under a key we do not know: read_numbers says so, logs, counts."""
+    fake, url = fake_mtt
+    answer = {
+        "total": 2,
+        "numbersList": [{"number": "78005560251"}],
+        "tollFree": [{"number": "88005550000"}],
+    }
+    fake.answers["/externalNumbersInfo"] = (200, {"result": answer})
+    metrics = Metrics()
+    client = MttClient(session, url, tokens, metrics)
+    with json_logs() as logs:
+        parsed = await client.read_numbers()
+    assert parsed.items == [ExternalNumber("78005560251")]
+    assert parsed.unread == ("unknown list key 'tollFree'", "total 2 but 1 read")
+    [line] = [json.loads(x) for x in logs.getvalue().splitlines() if "mtt_answer_unread" in x]
+    assert (line["level"], line["method"], line["read"]) == ("warning", "externalNumbersInfo", 1)
+    assert sample(metrics, "mtt_router_api_answers_unread_total", method="externalNumbersInfo") == 1
+    assert await client.external_numbers() == parsed.items  # the plain list, counted again
+    assert sample(metrics, "mtt_router_api_answers_unread_total", method="externalNumbersInfo") == 2
+
+
+async def test_total_above_the_list_over_the_simulator(
+    client: MttClient, sim: Simulator, metrics: Metrics
+) -> None:
+    """The simulator's knob for a total larger than the list: every list method says so."""
+    sim.quirks.list_total_extra = 1
+    parsed = await client.read_numbers()
+    assert parsed.unread == ("total 3 but 2 read",)
+    assert len(await client.workplaces()) == len(await client.terminals()) == 4
+    for method in ("externalNumbersInfo", "workPlacesInfo", "terminalsInfo"):
+        assert sample(metrics, "mtt_router_api_answers_unread_total", method=method) == 1
+    sim.quirks.list_total_extra = 0
+    assert (await client.read_numbers()).complete
 
 
 # -- deadlines and retries ---------------------------------------------------------------------

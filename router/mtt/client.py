@@ -140,8 +140,12 @@ class MttClient:
 
     async def external_numbers(self, *, timeout_s: float | None = None) -> list[ExternalNumber]:
         """The account's external numbers (``GET /externalNumbersInfo``)."""
+        return (await self.read_numbers(timeout_s=timeout_s)).items
+
+    async def read_numbers(self, *, timeout_s: float | None = None) -> Parsed[ExternalNumber]:
+        """:meth:`external_numbers`, saying whether the answer was read in full (``unread``)."""
         result = await self._call(EXTERNAL_NUMBERS, "GET", None, self._deadline(timeout_s), True)
-        return self._items(EXTERNAL_NUMBERS, parse_numbers(result))
+        return self._checked(EXTERNAL_NUMBERS, parse_numbers(result))
 
     async def workplaces(self, *, timeout_s: float | None = None) -> list[Workplace]:
         """The PBX's workplaces with their SIP IDs (``GET /workPlacesInfo``)."""
@@ -208,13 +212,21 @@ class MttClient:
         timeout = self._default_timeout_s if timeout_s is None else timeout_s
         return asyncio.get_running_loop().time() + timeout
 
-    @staticmethod
-    def _items(method: str, parsed: Parsed[T]) -> list[T]:
-        if parsed.skipped:
+    def _items(self, method: str, parsed: Parsed[T]) -> list[T]:
+        return self._checked(method, parsed).items
+
+    def _checked(self, method: str, parsed: Parsed[T]) -> Parsed[T]:
+        """``parsed``, after a warning and a count when it is not the whole list."""
+        if parsed.unread:
             structlog.get_logger("router.mtt").warning(
-                "mtt_entries_skipped", method=method, skipped=parsed.skipped
+                "mtt_answer_unread",
+                method=method,
+                read=len(parsed.items),
+                skipped=parsed.skipped,
+                unread=list(parsed.unread),
             )
-        return parsed.items
+            self._metrics.api_answers_unread.labels(method).inc()
+        return parsed
 
     async def _call(
         self, method: str, verb: str, body: bytes | None, deadline: float, idempotent: bool

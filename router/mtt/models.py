@@ -5,6 +5,10 @@ The document disagrees with itself: the terminals list is ``terminalsList`` in i
 ``total`` or ``Total``, a number's ``type`` is ``null``, and ``setParkingNumbers`` answers
 ``{"success": 1}`` with no ``result``. Each parser accepts them all; entries it cannot read are
 skipped (and counted in ``skipped``) rather than failing the whole answer.
+
+What a parser cannot vouch for is said in ``unread``: a list under a key it does not know, a
+``total`` above the entries it read, entries it skipped. Such an answer is not the whole list (for
+the external numbers that matters: docs/CALL_MODEL.md, "Which trying is a parked call").
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Terminal:
 NUMBERS_KEYS = ("numbersList", "numbers_list", "numberslist", "numbers")
 WORKPLACES_KEYS = ("workplacesList", "workPlacesList", "workplaces_list", "workplaces")
 TERMINALS_KEYS = ("terminalsList", "terminals_list", "terminalslist", "terminals")
+TOTAL_KEYS = ("total", "Total")
 
 
 def _str(value: Any) -> str | None:
@@ -61,23 +66,39 @@ def _first(data: dict[str, Any], keys: Iterable[str]) -> Any:
     return None
 
 
-def _entries(result: Any, keys: tuple[str, ...]) -> list[Any]:
-    """The list under any of ``keys`` (or ``result`` itself when it is already a list)."""
+def _entries(result: Any, keys: tuple[str, ...]) -> tuple[list[Any], list[str]]:
+    """The list under any of ``keys`` (or ``result`` itself when it is already a list), and what
+    about the answer says it may hold more than that list."""
     if isinstance(result, list):
-        return result
-    if isinstance(result, dict):
-        found = _first(result, keys)
-        if isinstance(found, list):
-            return found
-    return []
+        return result, []
+    if not isinstance(result, dict):
+        return [], ["no list in the answer" if result is None else "the answer is not a list"]
+    unread = [
+        f"unknown list key {k!r}"
+        for k, v in result.items()
+        if isinstance(v, list) and k not in keys
+    ]
+    found = _first(result, keys)
+    if isinstance(found, list):
+        return found, unread
+    if found is not None:
+        unread.append(f"the list is a {type(found).__name__}")
+    return [], unread
 
 
 @dataclass(frozen=True, slots=True)
 class Parsed(Generic[T]):
-    """Parsed items and how many entries were skipped as unreadable."""
+    """Parsed items, how many entries were skipped as unreadable, and why the answer may not be
+    the whole list (empty: it is)."""
 
     items: list[T]
     skipped: int
+    unread: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """True when the answer was read in full."""
+        return not self.unread
 
 
 def _parse(
@@ -85,13 +106,19 @@ def _parse(
 ) -> Parsed[T]:
     items: list[T] = []
     skipped = 0
-    for entry in _entries(result, keys):
+    entries, unread = _entries(result, keys)
+    for entry in entries:
         item = one(entry) if isinstance(entry, dict) else None
         if item is None:
             skipped += 1
         else:
             items.append(item)
-    return Parsed(items, skipped)
+    total = _first(result, TOTAL_KEYS) if isinstance(result, dict) else None
+    if isinstance(total, int) and not isinstance(total, bool) and total > len(items):
+        unread.append(f"total {total} but {len(items)} read")
+    elif skipped:
+        unread.append(f"{skipped} entries unreadable")
+    return Parsed(items, skipped, tuple(unread))
 
 
 def _number(entry: dict[str, Any]) -> ExternalNumber | None:
