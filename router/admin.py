@@ -41,7 +41,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 only with a usable token, rules loaded and the storage answering; else 503 saying why."""
+    """200 only with a usable token, rules loaded, the storage answering and the external numbers
+    known; else 503 saying why."""
     services = _services(request)
     checks: dict[str, str] = {}
     problems: list[str] = []
@@ -62,6 +63,14 @@ async def readyz(request: web.Request) -> web.Response:
     else:
         checks["storage"] = "down"
         problems.append("storage")
+    directory = services.directory
+    if directory.numbers is None:  # only present while unknown: which calls are parked is a guess
+        named = ", ".join(sorted(directory.park_named)) or "none (routing.park names no number)"
+        checks["numbers"] = (
+            f"unknown: {directory.numbers_unknown or 'not fetched yet'}; "
+            f"calls count as parked only to the numbers routing.park names: {named}"
+        )
+        problems.append("numbers")
     status = 503 if problems else 200
     return web.json_response({"ready": not problems, "checks": checks}, status=status)
 

@@ -1,16 +1,19 @@
-"""What the PBX has: external numbers and workplaces, and which numbers the daemon parks.
+"""What the PBX has: external numbers, workplaces and their terminals, and what the daemon parks.
 
 Fetched at start-up (retrying in the background while MTT is unreachable or no login exists yet),
-and again on ``numbersChanged`` / ``workplacesChanged``. Until the number list is known,
-:attr:`Directory.numbers` is ``None`` and every incoming ``trying`` without forwarders counts as a
-parked call (see :mod:`router.callmodel`).
+and again on ``numbersChanged`` / ``workplacesChanged`` (the terminals with the workplaces). While
+the number list is unknown (not fetched yet, or an answer not read in full), :attr:`numbers` is
+``None`` and only the numbers ``routing.park`` names count as parked (:attr:`park_named`; none
+with ``park: all``): see :mod:`router.callmodel`. The terminals map each terminal to its workplace
+(:attr:`terminal_workplaces`): a leg's ``accountId`` is a terminal's, not always a workplace's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Literal
 
 import structlog
@@ -25,6 +28,9 @@ log = structlog.get_logger("router.directory")
 
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
+KINDS = ("numbers", "workplaces", "terminals")
+"""What the directory fetches, in this order, and shares under these names."""
+NOT_FETCHED = "not fetched yet"
 
 
 class Directory:
@@ -47,20 +53,37 @@ class Directory:
         self._shared = shared
         self._watch_task: asyncio.Task[None] | None = None
         self.numbers: frozenset[str] | None = None
+        """The account's external numbers, normalised; ``None`` while unknown."""
+        self.numbers_unknown: str | None = NOT_FETCHED
+        """Why :attr:`numbers` is ``None`` (``None`` once known)."""
         self.raw_numbers: tuple[str, ...] = ()
+        self.park_named: frozenset[str] = (
+            frozenset()
+            if park == "all"
+            else frozenset(n for n in (try_normalize(p) for p in park) if n is not None)
+        )
+        """The numbers ``routing.park`` names, normalised: parked while the list is unknown."""
         self.workplaces: dict[str, str] | None = None
         self._workplace_ids: frozenset[str] = frozenset()
+        self.terminals: dict[str, str] | None = None
+        """Terminal SIP ID -> workplace, as ``terminalsInfo`` lists them; ``None`` before."""
+        self._terminal_workplaces: Mapping[str, str] = MappingProxyType({})
         self.listeners: list[Callable[[], None]] = []
         """Called after every change of the workplace list."""
         self.parked: frozenset[str] = frozenset()
         self._wake = asyncio.Event()
-        self._pending: set[str] = {"numbers", "workplaces"}
+        self._pending: set[str] = set(KINDS)
         self._task: asyncio.Task[None] | None = None
 
     @property
     def workplace_ids(self) -> frozenset[str] | None:
         """SIP IDs of the known workplaces, or ``None`` before the first successful fetch."""
         return None if self.workplaces is None else self._workplace_ids
+
+    @property
+    def terminal_workplaces(self) -> Mapping[str, str]:
+        """Terminal SIP ID -> its workplace (empty before the first fetch)."""
+        return self._terminal_workplaces
 
     def start(self) -> None:
         """Start the background tasks that fetch, refresh (and share) the directory."""
@@ -87,10 +110,16 @@ class Directory:
         snapshot = await self._shared.load(kind)
         if snapshot is None:
             return
-        if kind == "numbers" and isinstance(snapshot.data, list):
-            self._set_numbers(tuple(str(n) for n in snapshot.data))
-        elif kind == "workplaces" and isinstance(snapshot.data, dict):
-            self._set_workplaces({str(k): str(v) for k, v in snapshot.data.items()})
+        data = snapshot.data
+        if kind == "numbers" and isinstance(data, list):
+            self._set_numbers(tuple(str(n) for n in data))
+        elif kind == "numbers" and isinstance(data, dict) and isinstance(data.get("numbers"), list):
+            # A list the sibling could not read in full: unknown here too.
+            self._set_numbers(tuple(str(n) for n in data["numbers"]), str(data.get("unread")))
+        elif kind == "workplaces" and isinstance(data, dict):
+            self._set_workplaces({str(k): str(v) for k, v in data.items()})
+        elif kind == "terminals" and isinstance(data, dict):
+            self._set_terminals({str(k): str(v) for k, v in data.items()})
 
     async def _share(self, kind: str, data: Any) -> None:
         if self._shared is None:
@@ -102,7 +131,11 @@ class Directory:
 
     def request_refresh(self, what: Literal["numbers", "workplaces", "all"] = "all") -> None:
         """Ask for a refresh soon (on a vpbx notification or after a login)."""
-        self._pending.update(("numbers", "workplaces") if what == "all" else (what,))
+        if what == "all":
+            self._pending.update(KINDS)
+        else:
+            # A workplace's terminals change with the workplaces.
+            self._pending.update(("workplaces", "terminals") if what == "workplaces" else (what,))
         self._wake.set()
 
     async def _run(self) -> None:
@@ -135,6 +168,7 @@ class Directory:
         for kind, refresh in (
             ("numbers", self.refresh_numbers),
             ("workplaces", self.refresh_workplaces),
+            ("terminals", self.refresh_terminals),
         ):
             if kind in self._pending:
                 self._pending.discard(kind)
@@ -146,23 +180,54 @@ class Directory:
 
     async def refresh_numbers(self) -> None:
         """Fetch external numbers and park the configured ones that are not parked yet."""
-        listed = await self._client.external_numbers()
-        self._set_numbers(tuple(n.number for n in listed))
-        await self._share("numbers", list(self.raw_numbers))
+        try:
+            listed = await self._client.read_numbers()
+        except Exception as exc:
+            if self.numbers_unknown is not None and self.numbers_unknown.startswith(NOT_FETCHED):
+                self.numbers_unknown = f"{NOT_FETCHED} ({type(exc).__name__}: {exc})"
+            raise
+        unread = "; ".join(listed.unread) if listed.unread else None
+        self._set_numbers(tuple(n.number for n in listed.items), unread)
+        raw = list(self.raw_numbers)
+        await self._share("numbers", raw if unread is None else {"numbers": raw, "unread": unread})
         await self._apply_parking()
 
-    def _set_numbers(self, raw: tuple[str, ...]) -> None:
+    def _set_numbers(self, raw: tuple[str, ...], unread: str | None = None) -> None:
         normal = {try_normalize(n) for n in raw}
         self.raw_numbers = raw
-        self.numbers = frozenset(n for n in normal if n is not None)
-        self._metrics.directory_size.labels("numbers").set(len(self.numbers))
-        log.info("directory_numbers", count=len(self.numbers))
+        if unread is None:
+            self.numbers = frozenset(n for n in normal if n is not None)
+            self.numbers_unknown = None
+            self._metrics.directory_size.labels("numbers").set(len(self.numbers))
+            log.info("directory_numbers", count=len(self.numbers))
+            return
+        # Never guess which calls are parked from a list that may be incomplete.
+        self.numbers = None
+        self.numbers_unknown = f"MTT's answer was not read in full: {unread}"
+        log.warning(
+            "directory_numbers_unknown",
+            read=len(raw),
+            unread=unread,
+            parked_meanwhile=sorted(self.park_named),
+        )
 
     async def refresh_workplaces(self) -> None:
         """Fetch workplaces (SIP IDs and names)."""
         listed = await self._client.workplaces()
         self._set_workplaces({w.workplace: w.name for w in listed})
         await self._share("workplaces", self.workplaces)
+
+    async def refresh_terminals(self) -> None:
+        """Fetch the terminals and the workplace each belongs to."""
+        listed = await self._client.terminals()
+        self._set_terminals({t.terminal: t.workplace for t in listed if t.workplace is not None})
+        await self._share("terminals", self.terminals)
+
+    def _set_terminals(self, terminals: dict[str, str]) -> None:
+        self.terminals = terminals
+        self._terminal_workplaces = MappingProxyType(terminals)
+        self._metrics.directory_size.labels("terminals").set(len(terminals))
+        log.info("directory_terminals", count=len(terminals))
 
     def _set_workplaces(self, workplaces: dict[str, str]) -> None:
         self.workplaces = workplaces

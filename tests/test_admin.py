@@ -183,11 +183,13 @@ async def test_oauth_flow_makes_the_daemon_ready(start_daemon: StartDaemon) -> N
         assert (resp.status, str(resp.url).startswith(daemon.callback_url)) == (200, True)
         assert "Authorised" in await resp.text()
     assert daemon.sim.tokens.grants["authorization_code"] == 1
+    # Ready once the external numbers are fetched with the new token (not before: which calls
+    # are parked would be a guess).
+    await daemon.wait_directory()
     assert await daemon.admin("/readyz") == (
         200,
         {"ready": True, "checks": {"token": "ok", "rules": "ok", "storage": "ok"}},
     )
-    await daemon.wait_directory()
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(call) == "transferred"
 

@@ -3,7 +3,8 @@
 MTT sends ``numbersChanged``/``workplacesChanged`` to whichever replica the load balancer picks;
 the one that refetches stores the result here, and the others pick it up from the channel.
 
-Keys (``P`` is ``storage_prefix``; ``<kind>`` is e.g. ``numbers`` or ``workplaces``):
+Keys (``P`` is ``storage_prefix``; ``<kind>`` is any short name: ``numbers``, ``workplaces``,
+``terminals``):
 
 - ``P directory:<kind>`` — hash ``{version, updated_at, json}``; ``version`` grows by one with
   every save, in the same script that replaces the JSON.
@@ -23,6 +24,8 @@ from router.state.redis_conn import RedisOps
 from router.state.redis_pubsub import Subscriber
 
 DIRECTORY_POLL_S = 10.0
+WATCHED = ("numbers", "workplaces", "terminals")
+"""The kinds :meth:`DirectoryStore.watch` follows by default (what the directory shares)."""
 _KIND = re.compile(r"[a-z_]{1,32}")
 
 _SAVE_LUA = """
@@ -97,7 +100,7 @@ class DirectoryStore:
         self,
         callback: Callable[[str, int], Awaitable[None]],
         *,
-        kinds: Sequence[str] = ("numbers", "workplaces"),
+        kinds: Sequence[str] = WATCHED,
         known: dict[str, int] | None = None,
     ) -> None:
         """Call ``callback(kind, version)`` whenever a kind's version differs from the last seen.
