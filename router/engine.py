@@ -26,6 +26,7 @@ import structlog
 
 from router import callmodel
 from router.answers import AnswerTracker
+from router.audit import CallAudit
 from router.clock import Clock
 from router.context import CallerContext, Verdict
 from router.dispatch import Commander, Outcome, Sender, carry_out, conclude
@@ -127,6 +128,7 @@ class Engine:
         on_decision: Callable[[DecisionRecord], None] | None = None,
         rollout: RolloutView | None = None,
         answers: AnswerTracker | None = None,
+        audit: CallAudit | None = None,
     ) -> None:
         self._metrics = metrics
         self._commander = commander
@@ -140,6 +142,9 @@ class Engine:
         self._on_decision = on_decision
         self._rollout = rollout
         self._answers = answers
+        # The directory's terminals and park list, when it has them (fakes may not): checked once.
+        self._pbx = callmodel.pbx_view(directory)
+        self._audit = audit if audit is not None else CallAudit(metrics, self._pbx)
         self._chain_for: tuple[Rules | None, tuple[CandidateSource, ...], bool] = (None, (), False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
@@ -156,36 +161,44 @@ class Engine:
         ``received_at`` is the receipt time on :meth:`Clock.monotonic`.
         """
         if isinstance(event, CallEvent):
-            if event.state is CallState.TRYING:
-                if callmodel.is_parked_trying(event, self._directory.numbers):
+            state, pbx = event.state, self._pbx
+            if state is CallState.TRYING:
+                self._audit.observe(event, received_at)
+                named = pbx.park_named if pbx is not None else ()
+                if callmodel.is_parked_trying(event, self._directory.numbers, named):
                     # Read once: the same snapshot serves the check and the decision.
                     workplaces = self._directory.workplace_ids
                     if not self._to_workplace(event, workplaces):
                         self._spawn(self._route(event, received_at, workplaces))
                 return
-            self._track_presence(event)
+            # Looked up once per notification, for the audit and for presence alike.
+            workplace = (
+                callmodel.workplace_of(event, pbx) if state in callmodel.WORKPLACE_STATES else None
+            )
+            self._audit.observe(event, received_at, workplace)
+            self._track_presence(event, workplace)
         elif isinstance(event, VpbxEvent):
             if event.type is VpbxEventType.NUMBERS_CHANGED:
                 self._directory.request_refresh("numbers")
             elif event.type is VpbxEventType.WORKPLACES_CHANGED:
                 self._directory.request_refresh("workplaces")
 
-    @staticmethod
-    def _to_workplace(event: CallEvent, workplaces: frozenset[str] | None) -> bool:
+    def _to_workplace(self, event: CallEvent, workplaces: frozenset[str] | None) -> bool:
         # A leg towards one of our workplaces is the PBX delivering a call, never a parked one.
+        if self._pbx is not None:
+            return callmodel.workplace_of(event, self._pbx) is not None
         callee = event.callee.account_id or event.callee.id
         return workplaces is not None and callee in workplaces
 
-    def _track_presence(self, event: CallEvent) -> None:
-        busy = callmodel.busy_workplace(event)
+    def _track_presence(self, event: CallEvent, workplace: str | None) -> None:
+        state = event.state
+        busy = workplace if state in callmodel.BUSY_STATES else None
         if self._answers is not None:
-            self._answers.observe(event.call.id, event.state, busy)
+            self._answers.observe(event.call.id, state, busy)
         if busy is not None:
             self._queue_presence(True, busy, event.call.id)
-            return
-        free = callmodel.freed_workplace(event)
-        if free is not None:
-            self._queue_presence(False, free, event.call.id)
+        elif workplace is not None and state in callmodel.FREE_STATES:
+            self._queue_presence(False, workplace, event.call.id)
 
     def _queue_presence(self, busy: bool, workplace: str, call_id: str) -> None:
         # One worker applies presence changes in arrival order (connected before finished, even

@@ -270,6 +270,7 @@ routing:
             config_path=config,
         )
         sessions.append(http)
+        setups.append(setup)
         if authorised:
             answer = await setup.post(sim_url + "/_sim/tokens", {})
             tokens = TokenSet.from_answer(answer, now=time.time(), version=1)
@@ -291,14 +292,21 @@ routing:
         return setup
 
     sessions: list[aiohttp.ClientSession] = []
+    setups: list[Setup] = []
+    violations: list[Any] = []
     try:
         yield start_both
     finally:
+        for setup in setups:  # the simulator's verdict on every command, while it still runs
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                violations += (await setup.get(setup.sim_url + "/_sim/violations"))[1]["violations"]
         for session in sessions:
             await session.close()
         for child in reversed(children):  # the daemon first, then the simulator
             with contextlib.suppress(ProcessLookupError, TimeoutError):
                 await child.stop()
+    # No command of the daemon may have acted on a live call (docs/CALL_MODEL.md, "Commands").
+    assert violations == []
 
 
 async def ready(setup: Setup) -> None:

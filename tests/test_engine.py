@@ -21,6 +21,7 @@ from tests.fixtures.daemon import (
     IVANOV_CLIENT,
     IVANOV_WP,
     NUMBER,
+    OTHER_NUMBER,
     PETROVA_WP,
     PREFIX_CALLER,
     RULES,
@@ -314,7 +315,11 @@ async def test_mtt_slower_than_the_budget_is_a_missed_window(daemon: RunningDaem
     # Nothing else is attempted once the budget is spent.
     assert commands(daemon, call.id, "terminateCall") == []
     assert len(daemon.sim.requests_to("transferCall")) == 1
-    await eventually(lambda: call.late, "MTT got the transfer after its window and refused it")
+    # MTT got the transfer after its window and carried it out on the live call: a violation
+    # the daemon could not prevent (it sent the command inside its budget).
+    daemon.expect_violation(call)
+    await eventually(lambda: call.late, "MTT got the transfer after its window")
+    assert [v.reason for v in daemon.sim.violations()] == ["after_window"]
     # The daemon carries on: the next call is routed normally.
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(call) == "transferred"
@@ -322,20 +327,26 @@ async def test_mtt_slower_than_the_budget_is_a_missed_window(daemon: RunningDaem
 
 
 async def test_without_login_calls_are_not_transferred(start_daemon: StartDaemon) -> None:
-    """No token: nothing is sent to MTT, the outcome is error, the daemon stays up until login."""
-    daemon = await start_daemon(authorised=False, wait_ready=False)
+    """No token: the number list is unknown, so only the numbers routing.park names count as
+    parked; such a call gets no command (outcome error), any other waits out its window."""
+    daemon = await start_daemon(authorised=False, wait_ready=False, park=[NUMBER])
     call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     await daemon.wait_decisions(1)
     assert daemon.decisions("error") == 1
     assert await finished(call) == "pbx_timeout"
+    other = await daemon.sim.place_call(IVANOV_CLIENT, OTHER_NUMBER)
+    assert await finished(other) == "pbx_timeout"
+    assert daemon.decisions() == 1  # the number routing.park does not name was left alone
     assert daemon.sim.requests_to("transferCall") == []
     assert daemon.sim.requests_to("terminateCall") == []
+    code, body = await daemon.admin("/readyz")
+    assert (code, body["checks"]["numbers"].startswith("unknown: not fetched yet")) == (503, True)
     assert (await daemon.admin("/healthz"))[0] == 200
     # After the operator logs in, calls are routed again.
     async with daemon.http.get(daemon.admin_url + "/oauth/start") as resp:
         assert resp.status == 200
     await daemon.wait_directory()
-    call = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
+    call = await daemon.sim.place_call(IVANOV_CLIENT, OTHER_NUMBER)
     assert await outcome_of(call) == "transferred"
 
 
