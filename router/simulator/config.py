@@ -140,6 +140,11 @@ class Quirks:
         """The configured knobs."""
         return cls(config.leg_id, config.trying_after_release, config.list_total_extra)
 
+    def restore(self, config: SimConfig) -> None:
+        """Back to the configured knobs (in place: the call engine holds this object)."""
+        self.leg_id, self.trying_after_release = config.leg_id, config.trying_after_release
+        self.list_total_extra = config.list_total_extra
+
     def update(self, data: Mapping[str, object]) -> None:
         """Apply a ``POST /_sim/quirks`` body; ``ValueError`` (changing nothing) when bad."""
         leg_id = data.get("leg_id", self.leg_id)

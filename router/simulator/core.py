@@ -230,12 +230,7 @@ class Simulator:
         """Back to the configured state: no calls, tokens, faults or logs; webhook as configured."""
         await self.engine.reset()
         self.pbx.reset()
-        fresh = Quirks.of(self.config)
-        self.quirks.leg_id, self.quirks.trying_after_release = (
-            fresh.leg_id,
-            fresh.trying_after_release,
-        )
-        self.quirks.list_total_extra = fresh.list_total_extra
+        self.quirks.restore(self.config)
         self.tokens.reset()
         self.faults.clear()
         self.requests.clear()
