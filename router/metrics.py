@@ -110,7 +110,7 @@ class Metrics:
         )
         self.directory_size = Gauge(
             "mtt_router_directory_entries",
-            "Known PBX objects, by kind (numbers, workplaces, parked).",
+            "Known PBX objects, by kind (numbers, workplaces, terminals, parked).",
             ["kind"],
             registry=r,
         )

@@ -119,7 +119,7 @@ class SharedDirectory(Protocol):
     """The PBX directory (numbers, workplaces) as one replica fetched it, for the others."""
 
     async def save(self, kind: str, data: Any) -> int:
-        """Store ``data`` as the newest ``kind`` (``numbers`` or ``workplaces``); its version."""
+        """Store ``data`` as the newest ``kind`` (``numbers``, ``workplaces``, ``terminals``)."""
         ...
 
     async def load(self, kind: str) -> Any:
