@@ -28,12 +28,12 @@ from router.doctor_context import (
     ok,
     origin,
     probe_api,
-    until,
     warn,
 )
 from router.errors import NeedsLoginError, RulesError, StorageError, UpstreamError
 from router.mtt.client import EXTERNAL_NUMBERS
 from router.mtt.token_state import iso
+from router.mtt.tokens import remaining
 from router.numbers import try_normalize
 
 CHECK_TIMEOUT_S = 15.0
@@ -155,8 +155,8 @@ async def check_tokens(ctx: DoctorContext) -> Check:
     now = manager.now()
     detail = (
         f"access token valid until {iso(tokens.access_expires_at)} "
-        f"({until(tokens.access_expires_at - now)}), refresh token until "
-        f"{iso(tokens.refresh_expires_at)} ({until(tokens.refresh_expires_at - now)})"
+        f"({remaining(tokens.access_expires_at - now)}), refresh token until "
+        f"{iso(tokens.refresh_expires_at)} ({remaining(tokens.refresh_expires_at - now)})"
     )
     if tokens.version != held.version:
         detail += "; refreshed now and saved"

@@ -158,17 +158,6 @@ def _rules_file(path: str) -> tuple[str, Rules]:
     return os.path.abspath(path), load_rules_file(path)
 
 
-def until(seconds: float) -> str:
-    """``in 1h 59m``, ``in 2d 23h`` or ``expired``."""
-    if seconds <= 0:
-        return "expired"
-    minutes = int(seconds // 60)
-    days, hours, mins = minutes // 1440, minutes // 60 % 24, minutes % 60
-    if days:
-        return f"in {days}d {hours}h"
-    return f"in {hours}h {mins}m" if hours else f"in {mins}m"
-
-
 def origin(url: str) -> str:
     """``scheme://host:port`` of ``url``, without its path (which may carry a secret segment)."""
     parts = urlsplit(url)

@@ -30,6 +30,7 @@ from router.commands._common import (
 from router.commands._groups import Subparsers, add_group
 from router.exits import Exit
 from router.mtt.auth import STATE_TTL_S
+from router.mtt.tokens import remaining
 from router.oauth_callback import LoginOutcome, OAuthCallback, add_callback_routes
 
 
@@ -76,16 +77,6 @@ def _status(args: argparse.Namespace) -> int:
     return run_mtt(args, partial(_show_status, as_json=args.json))
 
 
-def _in(seconds: float) -> str:
-    if seconds <= 0:
-        return "expired"
-    minutes = int(seconds // 60)
-    days, hours, mins = minutes // 1440, minutes // 60 % 24, minutes % 60
-    if days:
-        return f"in {days}d {hours}h"
-    return f"in {hours}h {mins}m" if hours else f"in {mins}m"
-
-
 async def _show_status(ctx: MttContext, *, as_json: bool) -> int:
     status = ctx.tokens.status()
     authorised = bool(status["authorized"])
@@ -99,11 +90,11 @@ async def _show_status(ctx: MttContext, *, as_json: bool) -> int:
         print(f"Authorised: {'yes' if authorised else 'no'}")
         print(
             f"Access token:  valid until {status['access_expires_at']} "
-            f"({_in(tokens.access_expires_at - now)})"
+            f"({remaining(tokens.access_expires_at - now)})"
         )
         print(
             f"Refresh token: valid until {status['refresh_expires_at']} "
-            f"({_in(tokens.refresh_expires_at - now)})"
+            f"({remaining(tokens.refresh_expires_at - now)})"
         )
     if not authorised and not as_json:
         print(f"Run `mtt-router auth login --config {ctx.config_path}` to authorise.")

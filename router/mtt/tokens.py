@@ -163,3 +163,14 @@ def next_refresh_at(tokens: TokenSet) -> float:
     if keep_alive > tokens.obtained_at:  # else this set already carries a non-rotated token
         due = min(due, keep_alive)
     return due
+
+
+def remaining(seconds: float) -> str:
+    """A token's remaining life for people: ``in 1h 59m``, ``in 2d 23h`` or ``expired``."""
+    if seconds <= 0:
+        return "expired"
+    minutes = int(seconds // 60)
+    days, hours, mins = minutes // 1440, minutes // 60 % 24, minutes % 60
+    if days:
+        return f"in {days}d {hours}h"
+    return f"in {hours}h {mins}m" if hours else f"in {mins}m"
