@@ -13,16 +13,16 @@ between replicas, each replica reports the gaps it sees.
 
 Worst-case memory: per-call tracking holds at most :data:`MAX_CALLS` calls (the oldest out
 first, and none older than :data:`TTL_S`), each a call id of at most :data:`MAX_CALL_ID_CHARS`
-characters (longer ones are reported, never tracked) and a two-slot record: some 450 bytes a call
-with the longest ids, about 23 MB in all (some 240 bytes and 12 MB with ids of the document's
-length); the log limiter keeps two numbers per :class:`Surprise` kind.
+characters (longer ones are reported, never tracked), its last state and when it was first seen:
+some 400 bytes a call with the longest ids, about 20 MB in all (some 200 bytes and 10 MB with ids
+of the document's length); the log limiter keeps two numbers per :class:`Surprise` kind.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import structlog
@@ -83,16 +83,6 @@ def sequence_surprise(previous: CallState | None, state: CallState) -> Surprise 
     return Surprise.OUT_OF_ORDER
 
 
-class _Seen:
-    """The last state of one tracked call and when it was first seen."""
-
-    __slots__ = ("since", "state")
-
-    def __init__(self, state: CallState, since: float) -> None:
-        self.state = state
-        self.since = since
-
-
 class CallAudit:
     """Follows each call's notifications; counts and logs what the call model did not expect."""
 
@@ -109,7 +99,11 @@ class CallAudit:
         self._max = max_calls
         self._ttl_s = ttl_s
         self._interval_s = log_interval_s
-        self._calls: OrderedDict[str, _Seen] = OrderedDict()
+        # call id -> last state, in the order first seen; and when each was first seen, in the same
+        # order. Strings, enum members and floats only: nothing here for the garbage collector
+        # to walk (50,000 tracked objects would double the cost of each full collection).
+        self._calls: OrderedDict[str, CallState] = OrderedDict()
+        self._since: deque[float] = deque()
         # Bound label children: .labels() costs a lookup and a lock per call otherwise.
         self._counters = {kind: metrics.callmodel_surprises.labels(kind.value) for kind in Surprise}
         self._logged_at = dict.fromkeys(Surprise, -math.inf)
@@ -125,8 +119,7 @@ class CallAudit:
         if len(call_id) > MAX_CALL_ID_CHARS:
             self._report(Surprise.LONG_CALL_ID, event, None, now)
             return
-        seen = self._calls.get(call_id)
-        previous = None if seen is None else seen.state
+        previous = self._calls.get(call_id)
         kind = sequence_surprise(previous, state)
         if kind is not None:
             self._report(kind, event, previous, now)
@@ -142,17 +135,19 @@ class CallAudit:
             self._report(Surprise.UNKNOWN_WORKPLACE, event, previous, now)
         if state is CallState.UNKNOWN:
             return
-        if seen is not None:
-            seen.state = state
+        if previous is not None:
+            self._calls[call_id] = state  # an existing key keeps its place in the order
             return
-        self._calls[call_id] = _Seen(state, now)
+        self._calls[call_id] = state
+        self._since.append(now)
         self._prune(now)
 
     def _prune(self, now: float) -> None:
-        # Tracked in the order first seen: the oldest is always at the front.
-        calls, oldest = self._calls, now - self._ttl_s
-        while len(calls) > self._max or next(iter(calls.values())).since < oldest:
+        # Tracked in the order first seen: the oldest is always at the front of both.
+        calls, since, oldest = self._calls, self._since, now - self._ttl_s
+        while len(calls) > self._max or since[0] < oldest:
             calls.popitem(last=False)
+            since.popleft()
 
     def _report(
         self, kind: Surprise, event: CallEvent, previous: CallState | None, now: float

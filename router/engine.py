@@ -18,7 +18,6 @@ a :class:`DirectoryView`, a :class:`Clock` and the storage seams), so tests buil
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -33,6 +32,7 @@ from router.dispatch import Commander, Outcome, Sender, carry_out, conclude
 from router.events import CallEvent, CallState, Event, VpbxEvent, VpbxEventType
 from router.metrics import Metrics
 from router.numbers import try_normalize
+from router.presence_queue import PresenceQueue
 from router.routing import Decision, decide
 from router.rules.model import Rules
 from router.rules.source import LoadedRules
@@ -50,9 +50,6 @@ log = structlog.get_logger("router.engine")
 
 CLAIM_TTL_S = 3600.0
 """How long a call id stays claimed: far longer than any redelivery of the same notification."""
-
-BUSY_TTL_S = 4 * 3600.0
-"""Safety net: a workplace whose ``finished`` never arrived is free again after this."""
 
 
 class RulesView(Protocol):
@@ -148,8 +145,7 @@ class Engine:
         self._chain_for: tuple[Rules | None, tuple[CandidateSource, ...], bool] = (None, (), False)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
-        self._presence_ops: deque[tuple[bool, str, str]] = deque()
-        self._presence_worker = False
+        self._presence_queue = PresenceQueue(presence, self._spawn)
         # Bound label children: .labels() costs a dict lookup and a lock per call otherwise.
         self._outcomes = {o: metrics.decisions.labels(o.value) for o in Outcome}
 
@@ -196,31 +192,9 @@ class Engine:
         if self._answers is not None:
             self._answers.observe(event.call.id, state, busy)
         if busy is not None:
-            self._queue_presence(True, busy, event.call.id)
+            self._presence_queue.busy(busy, event.call.id)
         elif workplace is not None and state in callmodel.FREE_STATES:
-            self._queue_presence(False, workplace, event.call.id)
-
-    def _queue_presence(self, busy: bool, workplace: str, call_id: str) -> None:
-        # One worker applies presence changes in arrival order (connected before finished, even
-        # with Redis), and a burst of notifications costs one task instead of one each.
-        self._presence_ops.append((busy, workplace, call_id))
-        if not self._presence_worker:
-            self._presence_worker = True
-            self._spawn(self._apply_presence())
-
-    async def _apply_presence(self) -> None:
-        try:
-            while self._presence_ops:
-                busy, workplace, call_id = self._presence_ops.popleft()
-                try:
-                    if busy:
-                        await self._presence.set_busy(workplace, call_id, BUSY_TTL_S)
-                    else:
-                        await self._presence.set_free(workplace, call_id)
-                except Exception as exc:  # one lost update must not stall the ones behind it
-                    log.error("presence_update_failed", workplace=workplace, error=repr(exc))
-        finally:
-            self._presence_worker = False
+            self._presence_queue.free(workplace, event.call.id)
 
     # -- task ownership -----------------------------------------------------------------------
 

@@ -33,10 +33,10 @@ from router import callmodel
 from router.capture import BadLine, CaptureError, Record, read_capture
 from router.context import CallerContext, MatchKind, Read, Verdict
 from router.dispatch import Outcome
-from router.engine import BUSY_TTL_S
 from router.errors import EventShapeError
 from router.events import CallEvent, CallState, CallType, parse_event
 from router.numbers import try_normalize
+from router.presence_queue import BUSY_TTL_S
 from router.routing import Action, Decision, decide
 from router.rules.model import Rules
 from router.sources import DEFAULT_SOURCES, CandidateSource, FetchingSource, in_order, reads_for
