@@ -63,19 +63,13 @@ async def test_answered_on_a_second_terminal_makes_the_manager_busy(daemon: Runn
     callee = connected["result"]["callInfo"]["callee"]
     assert (callee["id"], callee["accountId"]) == (NUMBER, MOBILE)
 
-    async def busy() -> bool:
-        return bool((await daemon.status())["engine"]["busy"] == [IVANOV_WP])
-
-    await eventually(busy, "the daemon knows ivanov is on a call")
+    await daemon.wait_busy([IVANOV_WP], "the daemon knows ivanov is on a call")
     second = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(second) == "transferred"
     assert routed_to(second) == SIDOROV_WP
     await asyncio.wait_for(first.wait_done(), WAIT_S)
 
-    async def free() -> bool:
-        return bool((await daemon.status())["engine"]["busy"] == [])
-
-    await eventually(free, "ivanov is free again")
+    await daemon.wait_busy([], "ivanov is free again")
     assert surprises(daemon, "unknown_workplace") == 0
 
 

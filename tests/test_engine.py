@@ -137,10 +137,7 @@ async def test_manager_on_a_call_is_skipped(daemon: RunningDaemon) -> None:
     assert await outcome_of(first) == "transferred"
     await eventually(lambda: "connected" in first.states, "the manager answered")
 
-    async def busy() -> bool:
-        return bool((await daemon.status())["engine"]["busy"] == [IVANOV_WP])
-
-    await eventually(busy, "the daemon knows the manager is on a call")
+    await daemon.wait_busy([IVANOV_WP], "the daemon knows the manager is on a call")
     second = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(second) == "transferred"
     assert routed_to(second) == SIDOROV_WP
@@ -148,10 +145,7 @@ async def test_manager_on_a_call_is_skipped(daemon: RunningDaemon) -> None:
     # Once the first call is finished the manager is free again.
     await asyncio.wait_for(first.wait_done(), WAIT_S)
 
-    async def free() -> bool:
-        return bool((await daemon.status())["engine"]["busy"] == [])
-
-    await eventually(free, "the manager is free again")
+    await daemon.wait_busy([], "the manager is free again")
     third = await daemon.sim.place_call(IVANOV_CLIENT, NUMBER)
     assert await outcome_of(third) == "transferred"
     assert routed_to(third) == IVANOV_WP
