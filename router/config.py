@@ -7,6 +7,7 @@ CLI turns the error into exit code 2.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -160,6 +161,16 @@ class _Reader:
         return value
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; a host name counts as exposed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name may resolve to anything: assume the worse
+
+
 def _join(section: str, key: str) -> str:
     return f"{section}.{key}" if section else key
 
@@ -267,6 +278,13 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         admin_listen=_host_port(reader, s, "admin_listen", ServerConfig.admin_listen),
         admin_token=admin_token or None,
     )
+    if not is_loopback(server.admin_listen.host) and server.admin_token is None:
+        # The admin listener hands out OAuth logins and client edits: off loopback, only a token
+        # stands between it and whoever can reach the port.
+        reader.problems.append(
+            f"server.admin_token: required when server.admin_listen ({server.admin_listen}) is "
+            "not loopback"
+        )
 
     r = reader.section(top.get("rules"), "rules", ("source", "path"))
     source = reader.string(r, "source", "rules", "file")

@@ -18,13 +18,13 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from router.config import is_loopback
 from router.doctor_context import (
     REQUEST_TIMEOUT_S,
     Check,
     DoctorContext,
     configured_rules,
     fail,
-    is_loopback,
     ok,
     origin,
     probe_api,

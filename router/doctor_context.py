@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -162,13 +161,3 @@ def origin(url: str) -> str:
     """``scheme://host:port`` of ``url``, without its path (which may carry a secret segment)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses; a host name counts as exposed."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name may resolve to anything: assume the worse

@@ -13,6 +13,7 @@ import functools
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -21,7 +22,7 @@ from aiohttp import web
 from router.answers import AnswerTracker
 from router.capture import CaptureWriter
 from router.clock import LoopClock, WallClock, utc_now
-from router.config import Config, load_config
+from router.config import Config, is_loopback, load_config
 from router.directory import Directory
 from router.engine import Engine
 from router.errors import ConfigError, StorageError
@@ -107,6 +108,15 @@ def restart_only_changes(running: Config, fresh: Config) -> list[str]:
     return changed
 
 
+def warn_plain_http(config: Config) -> None:
+    """One warning line per MTT URL that is plain http to a host that is not this machine: the
+    client secret and tokens would cross the network readable (fine for a local simulator)."""
+    for key, url in (("mtt.oauth_url", config.mtt.oauth_url), ("mtt.api_url", config.mtt.api_url)):
+        parts = urlsplit(url)
+        if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+            log.warning("mtt_url_not_https", key=key, url=url, hint="use https:// in production")
+
+
 SHARED_TOKENS_POLL_S = 1.0
 LOCAL_TOKENS_POLL_S = 15.0
 """How often a daemon waiting for a login re-reads the token store (Redis / the tokens file)."""
@@ -140,6 +150,7 @@ METRICS = web.AppKey("metrics", Metrics)
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: open every resource, yield while serving, close them in reverse order."""
     config, metrics = app[CONFIG], app[METRICS]
+    warn_plain_http(config)
     async with contextlib.AsyncExitStack() as stack:
         capture: CaptureWriter | None = None
         if config.log.capture:

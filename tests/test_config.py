@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from router.config import HostPort, load_config, parse_config
 from router.errors import ConfigError
+from router.services import warn_plain_http
 
 ROOT = Path(__file__).resolve().parent.parent
 MINIMAL = {
@@ -181,3 +183,29 @@ def test_park_all_and_list() -> None:
     assert parse_config({**MINIMAL, "routing": {"park": "all"}}, env={}).routing.park == "all"
     park = parse_config({**MINIMAL, "routing": {"park": [78005560251]}}, env={}).routing.park
     assert park == ("78005560251",)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.5", "[::]", "admin.internal"])
+def test_admin_listener_off_loopback_needs_a_token(host: str) -> None:
+    """A non-loopback admin listener without server.admin_token is refused, naming the key."""
+    data = {**MINIMAL, "server": {"admin_listen": f"{host}:9100"}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(data, env={})
+    assert [p.split(":")[0] for p in caught.value.problems] == ["server.admin_token"]
+    with_token = {**MINIMAL, "server": {"admin_listen": f"{host}:9100", "admin_token": "t" * 16}}
+    assert parse_config(with_token, env={}).server.admin_token == "t" * 16
+    for loopback in ("127.0.0.1", "[::1]", "localhost"):
+        local = {**MINIMAL, "server": {"admin_listen": f"{loopback}:9100"}}
+        assert parse_config(local, env={}).server.admin_token is None
+
+
+def test_plain_http_to_mtt_off_this_machine_is_warned() -> None:
+    """http:// MTT URLs get one warning each unless they point at this machine (a simulator)."""
+    remote = {**MINIMAL, "mtt": {**MINIMAL["mtt"], "api_url": "http://openapi.mtt.ru"}}
+    local = {**MINIMAL, "mtt": {**MINIMAL["mtt"], "oauth_url": "http://127.0.0.1:8900"}}
+    with capture_logs() as remote_logs:
+        warn_plain_http(parse_config(remote, env={}))
+    with capture_logs() as local_logs:
+        warn_plain_http(parse_config(local, env={}))
+    assert [(e["event"], e["key"]) for e in remote_logs] == [("mtt_url_not_https", "mtt.api_url")]
+    assert local_logs == []

@@ -13,11 +13,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from router.config import MttConfig
 from router.errors import (
     ClientRequestError,
     NeedsLoginError,
     ServerError,
     UpstreamConnectionError,
+    UpstreamError,
     UpstreamTimeoutError,
 )
 from router.events import CallRef
@@ -33,9 +35,10 @@ from router.mtt.models import (
     parse_terminals,
     parse_workplaces,
 )
+from router.mtt.oauth import OAuthClient
 from router.simulator import EndpointFault, SimConfig, Simulator, serve_simulator
 from router.state.memory import MemoryTokenStore
-from tests.mtt_support import issued_set, json_logs, manager, sample
+from tests.mtt_support import REDIRECT_URI, issued_set, json_logs, manager, sample
 
 SLACK_S = 0.25
 """Allowed lateness past a deadline on a loaded 2-core CI box."""
@@ -539,3 +542,44 @@ async def test_nothing_is_sent_after_the_deadline(client: MttClient, sim: Simula
     with pytest.raises(UpstreamTimeoutError):
         await client.transfer_call(DOC_CALL, "1", DOC_TRANSPORT, deadline=deadline_in(-0.001))
     assert sim.requests_to("transferCall") == []
+
+
+@pytest.fixture
+async def redirecting() -> AsyncIterator[tuple[list[str], str]]:
+    """A server answering every path with 307 to ``/elsewhere``; the paths it saw, its URL."""
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        if request.path == "/elsewhere":
+            return web.json_response({"result": {}})
+        raise web.HTTPTemporaryRedirect("/elsewhere")
+
+    app = web.Application()
+    app.router.add_route("*", "/{name}", handle)
+    app.router.add_route("*", "/oauth/{name}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield seen, f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_commands_and_token_requests_never_follow_a_redirect(
+    session: aiohttp.ClientSession,
+    tokens: TokenManager,
+    redirecting: tuple[list[str], str],
+) -> None:
+    """A 307 is an answer (not applied), never followed: the token and secret stay put."""
+    seen, url = redirecting
+    client = MttClient(session, url, tokens, Metrics())
+    with pytest.raises(ClientRequestError) as info:
+        await client.transfer_call(DOC_CALL, "1", DOC_TRANSPORT, deadline=deadline_in(1))
+    assert info.value.status == 307
+    config = MttConfig(client_id="c", client_secret="s", redirect_uri=REDIRECT_URI, oauth_url=url)
+    with pytest.raises(UpstreamError):
+        await OAuthClient(session, config, Metrics()).refresh("refresh-token", timeout_s=2)
+    assert seen == ["/transferCall", "/oauth/token"]

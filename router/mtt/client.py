@@ -284,7 +284,11 @@ class MttClient:
         try:
             async with (
                 asyncio.timeout_at(deadline),
-                self._session.request(verb, url, data=body, headers=headers) as resp,
+                # Never follow a redirect: a 307 would resend the command and the bearer token
+                # to wherever it points. A 3xx is an answer like any other (not applied).
+                self._session.request(
+                    verb, url, data=body, headers=headers, allow_redirects=False
+                ) as resp,
             ):
                 raw = await resp.read()
                 code = str(resp.status)

@@ -89,8 +89,12 @@ class OAuthClient:
             # asyncio.timeout is exact; aiohttp's ClientTimeout would round 5 s and more up.
             async with (
                 asyncio.timeout(timeout_s),
+                # Never follow a redirect: a 307 would resend client_secret and the grant.
                 self._session.post(
-                    self._token_url, data=form, headers={"Accept": "application/json"}
+                    self._token_url,
+                    data=form,
+                    headers={"Accept": "application/json"},
+                    allow_redirects=False,
                 ) as resp,
             ):
                 raw = await resp.read()
