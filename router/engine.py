@@ -205,12 +205,10 @@ class Engine:
         task = asyncio.get_running_loop().create_task(coro)
         # Keep a hard reference: the loop holds only a weak one and would let it vanish mid-call.
         self._tasks.add(task)
-        self._metrics.inflight.inc()
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        self._metrics.inflight.dec()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("task_failed", error=repr(exc))
 
@@ -245,6 +243,7 @@ class Engine:
     ) -> None:
         structlog.contextvars.bind_contextvars(call_id=event.call.id)
         record: DecisionRecord | None = None
+        self._metrics.inflight.inc()
         try:
             record = await self._decide_and_send(event, received_at, workplaces)
         except Exception as exc:  # a bug must cost one call, not the daemon
@@ -254,6 +253,7 @@ class Engine:
             # Also when cancelled (a drain that timed out): every decision gets its line.
             if record is None:
                 record = _failed(event, None)
+            self._metrics.inflight.dec()
             self._finish(record, (self._clock.monotonic() - received_at) * 1000.0)
 
     def _chain(self, rules: Rules | None) -> tuple[tuple[CandidateSource, ...], bool]:

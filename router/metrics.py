@@ -27,9 +27,11 @@ class Metrics:
             ["event", "state"],
             registry=r,
         )
-        self.bad_requests = Counter(
-            "mtt_router_bad_requests",
-            "Requests to the events endpoint refused as malformed, by reason.",
+        self.rejected = Counter(
+            "mtt_router_rejected",
+            "Public requests refused, by reason: too_large (413), bad_request (400: unreadable, "
+            "malformed JSON, not a notification); source, account and timeout are reserved for "
+            "the public edge's source, account and read-deadline checks.",
             ["reason"],
             registry=r,
         )
@@ -104,8 +106,8 @@ class Metrics:
             registry=r,
         )
         self.inflight = Gauge(
-            "mtt_router_inflight_tasks",
-            "Background tasks (decisions, event handling) in flight.",
+            "mtt_router_inflight_decisions",
+            "Parked calls being decided right now (from receipt to the decision line).",
             registry=r,
         )
         self.directory_size = Gauge(

@@ -49,9 +49,9 @@ class _NotificationCounter:
 NOTIFICATIONS = web.AppKey("notification_counter", _NotificationCounter)
 
 
-def _bad(request: web.Request, status: int, reason: str, metric_reason: str) -> web.Response:
-    request.app[METRICS].bad_requests.labels(metric_reason).inc()
-    log.warning("bad_notification", status=status, reason=reason, peer=request.remote)
+def _bad(request: web.Request, status: int, reason: str, kind: str) -> web.Response:
+    request.app[METRICS].rejected.labels("too_large" if status == 413 else "bad_request").inc()
+    log.warning("bad_notification", status=status, kind=kind, reason=reason, peer=request.remote)
     return web.Response(status=status, text=reason + "\n")
 
 

@@ -32,6 +32,15 @@ CONTRACT_METRICS = {
     "mtt_router_token_expiry_timestamp_seconds": "gauge",
     "mtt_router_rules_reloads_total": "counter",
     "mtt_router_rules_entries": "gauge",
+    "mtt_router_rules_version": "gauge",
+    "mtt_router_needs_login": "gauge",
+    "mtt_router_storage_up": "gauge",
+    "mtt_router_storage_errors_total": "counter",
+    "mtt_router_directory_entries": "gauge",
+    "mtt_router_rejected_total": "counter",
+    "mtt_router_inflight_decisions": "gauge",
+    "mtt_router_answered_total": "counter",
+    "mtt_router_callmodel_surprises_total": "counter",
 }
 """The contract's metric names (README.md, "Watch it"), as exposed, and their types."""
 

@@ -663,3 +663,28 @@ async def test_answers_are_counted_by_who_picked_up() -> None:
         for by in ("personal", "fallback", "other", "nobody")
     }
     assert counts == {"personal": 1, "fallback": 1, "other": 1, "nobody": 1}
+
+
+async def test_inflight_decisions_counts_decisions_only() -> None:
+    """mtt_router_inflight_decisions is 1 while a call is decided, 0 after; presence work is not
+    a decision."""
+    h = make()
+    h.commander.hold = asyncio.Event()
+
+    def inflight() -> float | None:
+        return h.metrics.registry.get_sample_value("mtt_router_inflight_decisions")
+
+    h.engine.handle(trying(CLIENT), h.clock.t)
+    connected = CallEvent(
+        call=CallRef("other"),
+        state=CallState.CONNECTED,
+        type=CallType.INCOMING,
+        caller=Party(id=UNKNOWN),
+        callee=Party(id="102", account_id="102"),
+    )
+    h.engine.handle(connected, h.clock.t)
+    await asyncio.sleep(0)  # the decision reaches the commander; presence is written
+    assert inflight() == 1
+    h.commander.hold.set()
+    await h.engine.settle()
+    assert (inflight(), h.records[-1].outcome) == (0, Outcome.TRANSFERRED)

@@ -177,7 +177,7 @@ async def test_daemon_accepts_every_document_example(daemon: RunningDaemon) -> N
     for (event, state), count in counted.items():
         sample = daemon.sample("mtt_router_notifications_total", event=event, state=state)
         assert (event, state, count) == (event, state, sample)
-    assert daemon.sample("mtt_router_bad_requests_total", reason="wrong_shape") == 0
+    assert daemon.sample("mtt_router_rejected_total", reason="bad_request") == 0
     # The incoming trying is a parked call to our number: it gets exactly one decision (the
     # simulator does not know the document's call id, so MTT refuses every command: error).
     await daemon.wait_decisions(1)

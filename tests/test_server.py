@@ -62,7 +62,7 @@ async def test_malformed_json_is_400(daemon: RunningDaemon, body: bytes) -> None
     """A body that is not JSON: 400 saying so, counted as malformed_json."""
     status, text = await daemon.post_event(body, {"Content-Type": "application/json"})
     assert (status, text.startswith("malformed JSON")) == (400, True)
-    assert daemon.sample("mtt_router_bad_requests_total", reason="malformed_json") == 1
+    assert daemon.sample("mtt_router_rejected_total", reason="bad_request") == 1
 
 
 NOT_OBJECTS = [[], [trying()], "trying", 42, None, True]
@@ -125,7 +125,7 @@ async def test_wrong_shape_is_400_with_reason(
     """An object that is not a notification: 400 naming what is wrong; nothing is routed."""
     status, text = await daemon.post_event(body)
     assert (status, text) == (400, f"not a notification: {reason}\n")
-    assert daemon.sample("mtt_router_bad_requests_total", reason="wrong_shape") == 1
+    assert daemon.sample("mtt_router_rejected_total", reason="bad_request") == 1
     assert daemon.sim.requests_to("transferCall") == []
     assert daemon.sim.requests_to("terminateCall") == []
 
@@ -142,7 +142,7 @@ async def test_body_over_1_mib_is_413(daemon: RunningDaemon) -> None:
 
     async with daemon.http.post(daemon.events_url, data=chunks()) as resp:
         assert (resp.status, await resp.text()) == (413, "body over 1 MiB\n")
-    assert daemon.sample("mtt_router_bad_requests_total", reason="too_large") == 2
+    assert daemon.sample("mtt_router_rejected_total", reason="too_large") == 2
     # Just under the limit is fine: a notification with a long (ignored) field.
     near = json.dumps(trying(call_id="near", padding="x" * (MIB - 1024))).encode()
     assert len(near) <= MIB
