@@ -44,6 +44,8 @@ class MttConfig:
     redirect_uri: str
     oauth_url: str = "https://oauth.mtt.ru"
     api_url: str = "https://openapi.mtt.ru"
+    centrex_id: str = ""
+    """The account's centrexId: a notification naming only other accounts is refused (403)."""
 
     @property
     def callback_path(self) -> str:
@@ -65,6 +67,8 @@ class ServerConfig:
     listen: HostPort = HostPort("0.0.0.0", 8080)
     admin_listen: HostPort = HostPort("127.0.0.1", 9100)
     admin_token: str | None = field(default=None, repr=False)
+    max_inflight: int = 1000
+    """Decisions in progress at once; a parked call over the cap is left to the PBX (``shed``)."""
 
 
 @dataclass(frozen=True)
@@ -211,11 +215,12 @@ def _host_port(reader: _Reader, data: Mapping[str, Any], key: str, default: Host
 
 
 def _int_in(
-    reader: _Reader, data: Mapping[str, Any], key: str, default: int, lo: int, hi: int
+    reader: _Reader, data: Mapping[str, Any], name: str, default: int, lo: int, hi: int
 ) -> int:
-    value = data.get(key, default)
+    """The integer at ``name`` (``section.key``) in ``lo..hi``, else a problem and ``default``."""
+    value = data.get(name.rpartition(".")[2], default)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        reader.problems.append(f"log.{key}: must be an integer from {lo} to {hi}, got {value!r}")
+        reader.problems.append(f"{name}: must be an integer from {lo} to {hi}, got {value!r}")
         return default
     return value
 
@@ -254,7 +259,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     m = reader.section(
         top.get("mtt"),
         "mtt",
-        ("client_id", "client_secret", "redirect_uri", "oauth_url", "api_url"),
+        ("client_id", "client_secret", "redirect_uri", "oauth_url", "api_url", "centrex_id"),
     )
     if "mtt" not in top:
         reader.problems.append("mtt: required")
@@ -266,9 +271,13 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             "/"
         ),
         api_url=reader.string(m, "api_url", "mtt", "https://openapi.mtt.ru", _http_url).rstrip("/"),
+        centrex_id=reader.string(m, "centrex_id", "mtt", "").strip(),
     )
 
-    s = reader.section(top.get("server"), "server", ("listen", "admin_listen", "admin_token"))
+    s = reader.section(
+        top.get("server"), "server", ("listen", "admin_listen", "admin_token", "max_inflight")
+    )
+    max_inflight = _int_in(reader, s, "server.max_inflight", 1000, 1, 1_000_000)
     admin_token = s.get("admin_token")
     if admin_token is not None and (not isinstance(admin_token, str) or len(admin_token) < 16):
         reader.problems.append("server.admin_token: must be a string of at least 16 characters")
@@ -277,6 +286,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         listen=_host_port(reader, s, "listen", ServerConfig.listen),
         admin_listen=_host_port(reader, s, "admin_listen", ServerConfig.admin_listen),
         admin_token=admin_token or None,
+        max_inflight=max_inflight,
     )
     if not is_loopback(server.admin_listen.host) and server.admin_token is None:
         # The admin listener hands out OAuth logins and client edits: off loopback, only a token
@@ -299,12 +309,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     ro = reader.section(
         top.get("routing"), "routing", ("decision_budget_ms", "park", "mode", "live_numbers")
     )
-    budget = ro.get("decision_budget_ms", 3500)
-    if isinstance(budget, bool) or not isinstance(budget, int) or not 100 <= budget <= 5000:
-        reader.problems.append(
-            f"routing.decision_budget_ms: must be an integer from 100 to 5000, got {budget!r}"
-        )
-        budget = 3500
+    budget = _int_in(reader, ro, "routing.decision_budget_ms", 3500, 100, 5000)
     park_raw = ro.get("park", [])
     park: tuple[str, ...] | Literal["all"] = ()
     if park_raw == "all":
@@ -351,8 +356,8 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         format="console" if fmt == "console" else "json",
         level=level,
         capture=reader.string(lg, "capture", "log", ""),
-        capture_max_mb=_int_in(reader, lg, "capture_max_mb", 100, 1, 100_000),
-        capture_keep=_int_in(reader, lg, "capture_keep", 5, 1, 1000),
+        capture_max_mb=_int_in(reader, lg, "log.capture_max_mb", 100, 1, 100_000),
+        capture_keep=_int_in(reader, lg, "log.capture_keep", 5, 1, 1000),
         mask_numbers=mask,
     )
 

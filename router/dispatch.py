@@ -48,6 +48,7 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"
     ERROR = "error"
     SHADOW = "shadow"
+    SHED = "shed"
 
 
 class Command(enum.StrEnum):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -30,12 +30,12 @@ from router.clock import Clock
 from router.context import CallerContext, Verdict
 from router.dispatch import Commander, Outcome, Sender, carry_out, conclude
 from router.events import CallEvent, CallState, Event, VpbxEvent, VpbxEventType
+from router.log_limit import LineLimiter
 from router.metrics import Metrics
 from router.numbers import try_normalize
 from router.presence_queue import PresenceQueue
 from router.routing import Decision, decide
 from router.rules.model import Rules
-from router.rules.source import LoadedRules
 from router.sources import (
     DEFAULT_SOURCES,
     CandidateSource,
@@ -45,46 +45,12 @@ from router.sources import (
     reads_for,
 )
 from router.state.protocols import CallStore, Presence
+from router.views import DirectoryView, RolloutView, RulesView
 
 log = structlog.get_logger("router.engine")
 
 CLAIM_TTL_S = 3600.0
 """How long a call id stays claimed: far longer than any redelivery of the same notification."""
-
-
-class RulesView(Protocol):
-    """The rules in use (:class:`router.rules.source.RulesHolder`)."""
-
-    @property
-    def current(self) -> LoadedRules | None:
-        """The rules to decide by, or ``None`` when none are loaded."""
-        ...
-
-
-class RolloutView(Protocol):
-    """Which calls are live (:class:`router.rollout.Rollout`); without one, every call is."""
-
-    def is_live(self, callee: str | None) -> bool:
-        """True when a parked call to ``callee`` (normalised) is transferred, not shadowed."""
-        ...
-
-
-class DirectoryView(Protocol):
-    """What the engine needs to know of the PBX (:class:`router.directory.Directory`)."""
-
-    @property
-    def numbers(self) -> frozenset[str] | None:
-        """The account's external numbers, normalised; ``None`` while unknown."""
-        ...
-
-    @property
-    def workplace_ids(self) -> frozenset[str] | None:
-        """The workplaces MTT lists; ``None`` before the first fetch."""
-        ...
-
-    def request_refresh(self, what: Literal["numbers", "workplaces", "all"] = "all") -> None:
-        """Fetch again soon."""
-        ...
 
 
 class DecisionRecord(NamedTuple):
@@ -126,6 +92,7 @@ class Engine:
         rollout: RolloutView | None = None,
         answers: AnswerTracker | None = None,
         audit: CallAudit | None = None,
+        max_inflight: int | None = None,
     ) -> None:
         self._metrics = metrics
         self._commander = commander
@@ -139,6 +106,9 @@ class Engine:
         self._on_decision = on_decision
         self._rollout = rollout
         self._answers = answers
+        self._max_inflight = max_inflight
+        self._deciding = 0
+        self._shed_lines = LineLimiter()
         # The directory's terminals and park list, when it has them (fakes may not): checked once.
         self._pbx = callmodel.pbx_view(directory)
         self._audit = audit if audit is not None else CallAudit(metrics, self._pbx)
@@ -165,7 +135,7 @@ class Engine:
                     # Read once: the same snapshot serves the check and the decision.
                     workplaces = self._directory.workplace_ids
                     if not self._to_workplace(event, workplaces):
-                        self._spawn(self._route(event, received_at, workplaces))
+                        self._decide_later(event, received_at, workplaces)
                 return
             # Looked up once per notification, for the audit and for presence alike.
             workplace = (
@@ -178,6 +148,30 @@ class Engine:
                 self._directory.request_refresh("numbers")
             elif event.type is VpbxEventType.WORKPLACES_CHANGED:
                 self._directory.request_refresh("workplaces")
+
+    def _decide_later(
+        self, event: CallEvent, received_at: float, workplaces: frozenset[str] | None
+    ) -> None:
+        if not self._accepting:
+            return
+        if self._max_inflight is not None and self._deciding >= self._max_inflight:
+            self._shed(event, received_at)
+            return
+        self._deciding += 1  # from here: _route's finally gives it back
+        self._spawn(self._route(event, received_at, workplaces))
+
+    def _shed(self, event: CallEvent, received_at: float) -> None:
+        # Over the cap: no command at all, the PBX routes the call when parking ends.
+        self._outcomes[Outcome.SHED].inc()
+        if (held := self._shed_lines.allow(received_at)) is not None:
+            log.warning(
+                "decision_shed",
+                call_id=event.call.id,
+                caller=event.caller.number,
+                max_inflight=self._max_inflight,
+                held_back=held,
+                hint="more parked calls at once than server.max_inflight: left to the PBX",
+            )
 
     def _to_workplace(self, event: CallEvent, workplaces: frozenset[str] | None) -> bool:
         # A leg towards one of our workplaces is the PBX delivering a call, never a parked one.
@@ -253,6 +247,7 @@ class Engine:
             # Also when cancelled (a drain that timed out): every decision gets its line.
             if record is None:
                 record = _failed(event, None)
+            self._deciding -= 1
             self._metrics.inflight.dec()
             self._finish(record, (self._clock.monotonic() - received_at) * 1000.0)
 

@@ -119,6 +119,15 @@ class CallEvent:
         """``notifications_total{event,state}``."""
         return ("callNotifications", self.state.value)
 
+    def for_another_account(self, centrex_id: str) -> bool:
+        """True when some party carries a ``centrexId`` but none carries ``centrex_id`` (ours).
+
+        A notification with no ``centrexId`` at all is not refused: the document's examples do not
+        always carry one.
+        """
+        ids = {p.centrex_id for p in (self.caller, self.callee) if p.centrex_id}
+        return bool(ids) and centrex_id not in ids
+
     @property
     def forwarded(self) -> bool:
         """True when the leg already went through forwarding (either side has forwarders)."""

@@ -18,7 +18,7 @@ from prometheus_client import Counter
 from router.clock import WallClock
 from router.config import Config
 from router.errors import EventShapeError
-from router.events import Event, parse_event
+from router.events import CallEvent, Event, parse_event
 from router.metrics import Metrics
 from router.oauth_callback import LoginOutcome, OAuthCallback, add_callback_routes
 from router.services import CLOCK, CONFIG, CONFIG_PATH, METRICS, SERVICES, services_ctx
@@ -49,8 +49,10 @@ class _NotificationCounter:
 NOTIFICATIONS = web.AppKey("notification_counter", _NotificationCounter)
 
 
-def _bad(request: web.Request, status: int, reason: str, kind: str) -> web.Response:
-    request.app[METRICS].rejected.labels("too_large" if status == 413 else "bad_request").inc()
+def _bad(
+    request: web.Request, status: int, reason: str, kind: str, rejected: str = "bad_request"
+) -> web.Response:
+    request.app[METRICS].rejected.labels("too_large" if status == 413 else rejected).inc()
     log.warning("bad_notification", status=status, kind=kind, reason=reason, peer=request.remote)
     return web.Response(status=status, text=reason + "\n")
 
@@ -88,6 +90,9 @@ async def _receive(request: web.Request) -> tuple[web.Response, bytes | None]:
         event = parse_event(data)
     except EventShapeError as exc:
         return _bad(request, 400, f"not a notification: {exc}", "wrong_shape"), body
+    centrex_id = request.app[CONFIG].mtt.centrex_id
+    if centrex_id and isinstance(event, CallEvent) and event.for_another_account(centrex_id):
+        return _bad(request, 403, "notification for another account", "account", "account"), body
     request.app[NOTIFICATIONS].inc(event)
     request.app[SERVICES].engine.handle(event, received_at)
     return web.Response(body=_OK), body

@@ -215,6 +215,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             sources=DEFAULT_SOURCES,
             rollout=rollout,
             answers=AnswerTracker(metrics),
+            max_inflight=config.server.max_inflight,
         )
         # Closed first: in-flight decisions finish (bounded by the budget) while the session,
         # tokens and stores they use are still open.

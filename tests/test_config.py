@@ -31,7 +31,7 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         "client_id", "client_secret", "redirect_uri", "oauth_url", "api_url", "listen",
         "admin_listen", "admin_token", "storage:", "storage_prefix", "tokens_file", "source",
         "path", "decision_budget_ms", "park", "mode", "live_numbers", "format", "level",
-        "capture", "capture_max_mb", "capture_keep", "mask_numbers",
+        "capture", "capture_max_mb", "capture_keep", "mask_numbers", "max_inflight", "centrex_id",
     ):  # fmt: skip
         assert key in text
 
@@ -209,3 +209,13 @@ def test_plain_http_to_mtt_off_this_machine_is_warned() -> None:
         warn_plain_http(parse_config(local, env={}))
     assert [(e["event"], e["key"]) for e in remote_logs] == [("mtt_url_not_https", "mtt.api_url")]
     assert local_logs == []
+
+
+def test_max_inflight_is_a_bounded_integer() -> None:
+    """server.max_inflight defaults to 1000; zero, a float or a string is refused by name."""
+    assert parse_config(MINIMAL, env={}).server.max_inflight == 1000
+    assert parse_config({**MINIMAL, "server": {"max_inflight": 5}}, env={}).server.max_inflight == 5
+    for bad in (0, 2.5, "many", True):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({**MINIMAL, "server": {"max_inflight": bad}}, env={})
+        assert caught.value.problems[0].startswith("server.max_inflight: must be an integer")

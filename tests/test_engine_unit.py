@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 import pytest
+from structlog.testing import capture_logs
 
 from router.answers import AnswerTracker
 from router.context import CallerContext, MatchKind, Read, Verdict
@@ -688,3 +689,33 @@ async def test_inflight_decisions_counts_decisions_only() -> None:
     h.commander.hold.set()
     await h.engine.settle()
     assert (inflight(), h.records[-1].outcome) == (0, Outcome.TRANSFERRED)
+
+
+async def test_over_max_inflight_a_call_is_shed_without_a_command() -> None:
+    """With max_inflight decisions in progress, the next parked call gets no command (outcome
+    shed, one log line for many); once a slot is free, calls are decided again."""
+    h = make()
+    h.engine = Engine(
+        metrics=h.metrics,
+        commander=h.commander,
+        rules=FakeRules(LoadedRules(load_rules(RULES), 1, "test", 0.0)),
+        directory=h.directory,
+        calls=MemoryCallStore(),
+        presence=h.presence,
+        budget_ms=BUDGET_MS,
+        clock=h.clock,
+        on_decision=h.records.append,
+        max_inflight=1,
+    )
+    h.commander.hold = asyncio.Event()
+    with capture_logs() as logs:
+        for call_id in ("first", "second", "third"):
+            h.engine.handle(trying(CLIENT, call_id), h.clock.t)
+        await asyncio.sleep(0)
+    assert h.count(Outcome.SHED) == 2
+    assert [e["held_back"] for e in logs if e["event"] == "decision_shed"] == [0]
+    h.commander.hold.set()
+    await h.engine.settle()
+    assert h.commands() == [("transfer", "101")]  # the first call only
+    h.commander.hold = None
+    assert (await h.call(call_id="fourth")).outcome is Outcome.TRANSFERRED

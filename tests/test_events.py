@@ -182,3 +182,22 @@ async def test_daemon_accepts_every_document_example(daemon: RunningDaemon) -> N
     # simulator does not know the document's call id, so MTT refuses every command: error).
     await daemon.wait_decisions(1)
     assert daemon.decisions("error") == 1
+
+
+def test_for_another_account_by_centrex_id() -> None:
+    """Refused only when some party carries a centrexId and none carries ours."""
+
+    def event(caller: str | None, callee: str | None) -> CallEvent:
+        return CallEvent(
+            call=CallRef("c"),
+            state=CallState.TRYING,
+            type=CallType.INCOMING,
+            caller=Party(id="79219462761", centrex_id=caller),
+            callee=Party(id="74996497803", centrex_id=callee),
+        )
+
+    assert event("1", "2").for_another_account("3")
+    assert not event("1", "3").for_another_account("3")
+    assert not event(None, "3").for_another_account("3")
+    assert not event(None, None).for_another_account("3")
+    assert event(None, "2").for_another_account("3")

@@ -392,3 +392,19 @@ async def test_oauth_flow_with_any_redirect_uri_path(
     events = "/events" if redirect_path in ("/", "") else "/mtt/events"
     assert daemon.events_url == daemon.public_url + events
     assert await daemon.post_event(trying(state="finished")) == (200, "ok")
+
+
+async def test_a_notification_for_another_account_is_refused(start_daemon: StartDaemon) -> None:
+    """mtt.centrex_id set: a party with another centrexId and none with ours is 403 and counted
+    (rejected{account}); ours, or no centrexId at all, is accepted."""
+    daemon = await start_daemon(extra={"mtt": {"centrex_id": "48212857"}})
+    ours = {"accountId": NUMBER, "id": NUMBER, "forwarderList": [], "centrexId": "48212857"}
+    other = {**ours, "centrexId": "99999999"}
+    assert (await daemon.post_event(trying("a", callee=other)))[0] == 403
+    assert (await daemon.post_event(trying("b", callee=ours)))[0] == 200
+    assert (await daemon.post_event(trying("c")))[0] == 200  # no centrexId anywhere
+    mixed = trying("d", callee=ours, caller={"id": IVANOV_CLIENT, "centrexId": "99999999"})
+    assert (await daemon.post_event(mixed))[0] == 200  # ours is among them
+    assert daemon.sample("mtt_router_rejected_total", reason="account") == 1
+    await daemon.wait_decisions(3)
+    assert daemon.decisions() == 3  # the refused one was never decided
