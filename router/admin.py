@@ -118,6 +118,7 @@ async def status(request: web.Request) -> web.Response:
             "busy": sorted(services.stores.presence.busy()),
         },
         "storage": services.stores.description,
+        "sources": services.guard.sources(),
         "rollout": services.rollout.status(
             directory.raw_numbers if directory.numbers is not None else None
         ),

@@ -7,10 +7,8 @@ CLI turns the error into exit code 2.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,10 +16,20 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from router.config_read import (
+    LEVELS,
+    Reader,
+    expand_env,
+    http_url,
+    int_in,
+    is_loopback,
+    networks,
+    non_empty,
+    redis_or_memory,
+)
 from router.errors import ConfigError
 
 SCOPE = "https://mtt.ru/auth.tokens.readwrite"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,10 @@ class ServerConfig:
     admin_token: str | None = field(default=None, repr=False)
     max_inflight: int = 1000
     """Decisions in progress at once; a parked call over the cap is left to the PBX (``shed``)."""
+    allow_from: tuple[str, ...] = ()
+    """CIDRs allowed to ``POST P/events``; empty: anyone (warned at start-up)."""
+    trusted_proxies: tuple[str, ...] = ()
+    """CIDRs of proxies whose ``X-Forwarded-For`` / ``X-Real-IP`` is believed."""
 
 
 @dataclass(frozen=True)
@@ -124,82 +136,7 @@ class Config:
         return self.storage != "memory"
 
 
-_LEVELS = ("debug", "info", "warning", "error", "critical")
-
-
-class _Reader:
-    """Collects every problem instead of stopping at the first one."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def section(self, data: Any, name: str, known: tuple[str, ...]) -> dict[str, Any]:
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            self.problems.append(f"{name}: must be a mapping")
-            return {}
-        for key in data:
-            if key not in known:
-                self.problems.append(f"{_join(name, str(key))}: unknown key")
-        return data
-
-    def string(
-        self,
-        data: Mapping[str, Any],
-        key: str,
-        where: str,
-        default: str | None = None,
-        check: Callable[[str], str | None] | None = None,
-    ) -> str:
-        name = _join(where, key)
-        value = data.get(key, default)
-        if value is None:
-            self.problems.append(f"{name}: required")
-            return ""
-        if not isinstance(value, str):
-            self.problems.append(f"{name}: must be a string, not {type(value).__name__}")
-            return ""
-        if check is not None and (problem := check(value)) is not None:
-            self.problems.append(f"{name}: {problem}")
-        return value
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses; a host name counts as exposed."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name may resolve to anything: assume the worse
-
-
-def _join(section: str, key: str) -> str:
-    return f"{section}.{key}" if section else key
-
-
-def _http_url(value: str) -> str | None:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return f"must be an absolute http(s) URL, got {value!r}"
-    return None
-
-
-def _redis_or_memory(value: str) -> str | None:
-    if value == "memory":
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
-        return f"must be 'memory' or a redis:// URL, got {value!r}"
-    return None
-
-
-def _non_empty(value: str) -> str | None:
-    return None if value.strip() else "must not be empty"
-
-
-def _host_port(reader: _Reader, data: Mapping[str, Any], key: str, default: HostPort) -> HostPort:
+def _host_port(reader: Reader, data: Mapping[str, Any], key: str, default: HostPort) -> HostPort:
     raw = data.get(key)
     if raw is None:
         return default
@@ -214,39 +151,9 @@ def _host_port(reader: _Reader, data: Mapping[str, Any], key: str, default: Host
     return HostPort(host.strip("[]"), int(port))
 
 
-def _int_in(
-    reader: _Reader, data: Mapping[str, Any], name: str, default: int, lo: int, hi: int
-) -> int:
-    """The integer at ``name`` (``section.key``) in ``lo..hi``, else a problem and ``default``."""
-    value = data.get(name.rpartition(".")[2], default)
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        reader.problems.append(f"{name}: must be an integer from {lo} to {hi}, got {value!r}")
-        return default
-    return value
-
-
-def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
-    """Replace ``${VAR}`` in every string of a parsed YAML tree with the environment's value."""
-    if isinstance(value, str):
-
-        def sub(match: re.Match[str]) -> str:
-            var = match.group(1)
-            if var not in env:
-                problems.append(f"{path}: environment variable {var} is not set")
-                return match.group(0)
-            return env[var]
-
-        return _ENV_REF.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: expand_env(v, env, _join(path, str(k)), problems) for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
-    return value
-
-
 def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """Validate a parsed YAML document; raise :class:`ConfigError` listing every problem."""
-    reader = _Reader()
+    reader = Reader()
     if not isinstance(data, dict):
         raise ConfigError(["(top level): must be a mapping of sections"])
     data = expand_env(data, os.environ if env is None else env, "", reader.problems)
@@ -264,20 +171,22 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     if "mtt" not in top:
         reader.problems.append("mtt: required")
     mtt = MttConfig(
-        client_id=reader.string(m, "client_id", "mtt", check=_non_empty),
-        client_secret=reader.string(m, "client_secret", "mtt", check=_non_empty),
-        redirect_uri=reader.string(m, "redirect_uri", "mtt", check=_http_url),
-        oauth_url=reader.string(m, "oauth_url", "mtt", "https://oauth.mtt.ru", _http_url).rstrip(
+        client_id=reader.string(m, "client_id", "mtt", check=non_empty),
+        client_secret=reader.string(m, "client_secret", "mtt", check=non_empty),
+        redirect_uri=reader.string(m, "redirect_uri", "mtt", check=http_url),
+        oauth_url=reader.string(m, "oauth_url", "mtt", "https://oauth.mtt.ru", http_url).rstrip(
             "/"
         ),
-        api_url=reader.string(m, "api_url", "mtt", "https://openapi.mtt.ru", _http_url).rstrip("/"),
+        api_url=reader.string(m, "api_url", "mtt", "https://openapi.mtt.ru", http_url).rstrip("/"),
         centrex_id=reader.string(m, "centrex_id", "mtt", "").strip(),
     )
 
     s = reader.section(
-        top.get("server"), "server", ("listen", "admin_listen", "admin_token", "max_inflight")
+        top.get("server"),
+        "server",
+        ("listen", "admin_listen", "admin_token", "max_inflight", "allow_from", "trusted_proxies"),
     )
-    max_inflight = _int_in(reader, s, "server.max_inflight", 1000, 1, 1_000_000)
+    max_inflight = int_in(reader, s, "server.max_inflight", 1000, 1, 1_000_000)
     admin_token = s.get("admin_token")
     if admin_token is not None and (not isinstance(admin_token, str) or len(admin_token) < 16):
         reader.problems.append("server.admin_token: must be a string of at least 16 characters")
@@ -287,6 +196,8 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         admin_listen=_host_port(reader, s, "admin_listen", ServerConfig.admin_listen),
         admin_token=admin_token or None,
         max_inflight=max_inflight,
+        allow_from=networks(reader, s, "server.allow_from"),
+        trusted_proxies=networks(reader, s, "server.trusted_proxies"),
     )
     if not is_loopback(server.admin_listen.host) and server.admin_token is None:
         # The admin listener hands out OAuth logins and client edits: off loopback, only a token
@@ -303,13 +214,13 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         source = "file"
     rules = RulesConfig(
         source="redis" if source == "redis" else "file",
-        path=reader.string(r, "path", "rules", "rules/example.yaml", _non_empty),
+        path=reader.string(r, "path", "rules", "rules/example.yaml", non_empty),
     )
 
     ro = reader.section(
         top.get("routing"), "routing", ("decision_budget_ms", "park", "mode", "live_numbers")
     )
-    budget = _int_in(reader, ro, "routing.decision_budget_ms", 3500, 100, 5000)
+    budget = int_in(reader, ro, "routing.decision_budget_ms", 3500, 100, 5000)
     park_raw = ro.get("park", [])
     park: tuple[str, ...] | Literal["all"] = ()
     if park_raw == "all":
@@ -345,8 +256,8 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         reader.problems.append(f"log.format: must be 'json' or 'console', got {fmt!r}")
         fmt = "json"
     level = reader.string(lg, "level", "log", "info").lower()
-    if level not in _LEVELS:
-        reader.problems.append(f"log.level: must be one of {', '.join(_LEVELS)}, got {level!r}")
+    if level not in LEVELS:
+        reader.problems.append(f"log.level: must be one of {', '.join(LEVELS)}, got {level!r}")
         level = "info"
     mask = lg.get("mask_numbers", False)
     if not isinstance(mask, bool):
@@ -356,14 +267,14 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         format="console" if fmt == "console" else "json",
         level=level,
         capture=reader.string(lg, "capture", "log", ""),
-        capture_max_mb=_int_in(reader, lg, "log.capture_max_mb", 100, 1, 100_000),
-        capture_keep=_int_in(reader, lg, "log.capture_keep", 5, 1, 1000),
+        capture_max_mb=int_in(reader, lg, "log.capture_max_mb", 100, 1, 100_000),
+        capture_keep=int_in(reader, lg, "log.capture_keep", 5, 1, 1000),
         mask_numbers=mask,
     )
 
-    storage = reader.string(top, "storage", "", "memory", _redis_or_memory)
+    storage = reader.string(top, "storage", "", "memory", redis_or_memory)
     prefix = reader.string(top, "storage_prefix", "", "mtt-router:")
-    tokens_file = reader.string(top, "tokens_file", "", "tokens.json", _non_empty)
+    tokens_file = reader.string(top, "tokens_file", "", "tokens.json", non_empty)
     if rules.source == "redis" and storage == "memory":
         reader.problems.append("rules.source: 'redis' needs storage to be a redis:// URL")
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from router.config import is_loopback
+from router.config_read import is_loopback
 from router.doctor_context import (
     REQUEST_TIMEOUT_S,
     Check,

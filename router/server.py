@@ -72,6 +72,11 @@ async def events(request: web.Request) -> web.Response:
 async def _receive(request: web.Request) -> tuple[web.Response, bytes | None]:
     """The answer to one notification, and its body as read (``None``: never read)."""
     received_at = asyncio.get_running_loop().time()
+    guard = request.app[SERVICES].guard
+    if not guard.admit(guard.client_address(request.remote, request.headers)):
+        return _bad(
+            request, 403, "source not allowed (server.allow_from)", "source", "source"
+        ), None
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _bad(request, 413, "body over 1 MiB", "too_large"), None
     try:

@@ -22,8 +22,10 @@ from aiohttp import web
 from router.answers import AnswerTracker
 from router.capture import CaptureWriter
 from router.clock import LoopClock, WallClock, utc_now
-from router.config import Config, is_loopback, load_config
+from router.config import Config, load_config
+from router.config_read import is_loopback
 from router.directory import Directory
+from router.edge import SourceGuard
 from router.engine import Engine
 from router.errors import ConfigError, StorageError
 from router.metrics import Metrics
@@ -53,6 +55,7 @@ class Services:
     directory: Directory
     engine: Engine
     rollout: Rollout
+    guard: SourceGuard
     started_at: float
     config_path: str | None = None
     capture: CaptureWriter | None = None
@@ -72,8 +75,9 @@ class Services:
         return await self.reload_rules(reason)
 
     async def reload_settings(self, reason: str) -> None:
-        """Re-read ``routing.mode`` and ``routing.live_numbers`` from the config file; other
-        changes are logged as needing a restart. An invalid file keeps the running settings."""
+        """Re-read ``routing.mode``, ``routing.live_numbers`` and ``server.allow_from`` from the
+        config file; other changes are logged as needing a restart. An invalid file keeps the
+        running settings."""
         if self.config_path is None:
             return
         try:
@@ -81,6 +85,8 @@ class Services:
         except ConfigError as exc:
             log.error("config_reload_rejected", reason=reason, problems=exc.problems)
             return
+        if self.guard.set(fresh.server.allow_from, self.config.server.trusted_proxies):
+            log.info("allow_from_changed", allow_from=list(fresh.server.allow_from))
         routing = fresh.routing
         if self.rollout.set(routing.mode, routing.live_numbers):
             log.info("rollout_changed", mode=routing.mode, live_numbers=list(routing.live_numbers))
@@ -89,7 +95,7 @@ class Services:
             log.warning("config_changes_need_restart", keys=pending)
 
 
-RELOADABLE = frozenset({"routing.mode", "routing.live_numbers"})
+RELOADABLE = frozenset({"routing.mode", "routing.live_numbers", "server.allow_from"})
 """Config keys SIGHUP applies; every other change needs a restart."""
 
 
@@ -199,6 +205,12 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         directory.listeners.append(check)
         directory.start()
         stack.push_async_callback(directory.close)
+        guard = SourceGuard(config.server.allow_from, config.server.trusted_proxies)
+        if guard.open:
+            log.warning(
+                "events_open_to_anyone",
+                hint="set server.allow_from to MTT's addresses (/status lists the sources seen)",
+            )
         rollout = Rollout(config.routing.mode, config.routing.live_numbers)
         if rollout.mode == "shadow" or rollout.live_numbers:
             log.info("rollout", mode=rollout.mode, live_numbers=list(rollout.live_numbers))
@@ -232,6 +244,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             directory=directory,
             engine=engine,
             rollout=rollout,
+            guard=guard,
             started_at=time.time(),
             config_path=app.get(CONFIG_PATH),
             capture=capture,

@@ -32,6 +32,7 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         "admin_listen", "admin_token", "storage:", "storage_prefix", "tokens_file", "source",
         "path", "decision_budget_ms", "park", "mode", "live_numbers", "format", "level",
         "capture", "capture_max_mb", "capture_keep", "mask_numbers", "max_inflight", "centrex_id",
+        "allow_from", "trusted_proxies",
     ):  # fmt: skip
         assert key in text
 
@@ -219,3 +220,18 @@ def test_max_inflight_is_a_bounded_integer() -> None:
         with pytest.raises(ConfigError) as caught:
             parse_config({**MINIMAL, "server": {"max_inflight": bad}}, env={})
         assert caught.value.problems[0].startswith("server.max_inflight: must be an integer")
+
+
+def test_allow_from_and_trusted_proxies_are_checked_cidrs() -> None:
+    """Addresses and CIDRs are kept; a bad entry or a non-list is named."""
+    server = {"allow_from": ["203.0.113.0/24", "2001:db8::1"], "trusted_proxies": ["10.0.0.1"]}
+    config = parse_config({**MINIMAL, "server": server}, env={})
+    assert config.server.allow_from == ("203.0.113.0/24", "2001:db8::1")
+    assert config.server.trusted_proxies == ("10.0.0.1",)
+    bad = {"allow_from": ["203.0.113.0/33"], "trusted_proxies": "10.0.0.1"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**MINIMAL, "server": bad}, env={})
+    assert caught.value.problems == [
+        "server.allow_from: not an address or CIDR: '203.0.113.0/33'",
+        "server.trusted_proxies: must be a list of addresses or CIDRs",
+    ]

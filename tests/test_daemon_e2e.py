@@ -533,4 +533,13 @@ async def test_shadow_then_one_line_live_then_all_live_without_a_restart(start: 
     }
     assert sum(answered.values()) == 4
     assert answered["personal"] >= 2  # the two live transfers to ivanov
+
+    # SIGHUP also applies server.allow_from: this host is then refused.
+    all_live = setup.config_path.read_text(encoding="utf-8")
+    guarded = all_live.replace("server:\n", 'server:\n  allow_from: ["203.0.113.0/24"]\n', 1)
+    replace_file(setup.config_path, guarded)
+    daemon.proc.send_signal(signal.SIGHUP)
+    await eventually(lambda: bool(daemon.events("allow_from_changed")), "allow_from applies")
+    async with setup.http.post(setup.public_url + "/mtt/events", json={"event": "x"}) as resp:
+        assert resp.status == 403
     assert await daemon.stop() == 0

@@ -408,3 +408,21 @@ async def test_a_notification_for_another_account_is_refused(start_daemon: Start
     assert daemon.sample("mtt_router_rejected_total", reason="account") == 1
     await daemon.wait_decisions(3)
     assert daemon.decisions() == 3  # the refused one was never decided
+
+
+async def test_sources_outside_allow_from_are_refused_and_listed(
+    start_daemon: StartDaemon,
+) -> None:
+    """allow_from without this host: 403, counted as rejected{source}, nothing decided; through
+    a trusted proxy the forwarded client is judged; /status lists both sources."""
+    daemon = await start_daemon(
+        extra={"server": {"allow_from": ["203.0.113.0/24"], "trusted_proxies": ["127.0.0.1"]}}
+    )
+    assert (await daemon.post_event(trying("refused")))[0] == 403
+    forwarded = {"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}
+    assert (await daemon.post_event(trying("allowed"), headers=forwarded))[0] == 200
+    assert daemon.sample("mtt_router_rejected_total", reason="source") == 1
+    await daemon.wait_decisions(1)
+    sources = {s["address"]: s for s in (await daemon.status())["sources"]}
+    assert (sources["127.0.0.1"]["refused"], sources["127.0.0.1"]["allowed"]) == (1, False)
+    assert (sources["203.0.113.7"]["posts"], sources["203.0.113.7"]["allowed"]) == (1, True)

@@ -1,0 +1,129 @@
+"""Who may post notifications: the source allow-list, trusted proxies, and the sources seen.
+
+MTT signs nothing, so ``POST P/events`` is guarded by the source address: ``server.allow_from``
+(CIDRs; empty = anyone). The address is the peer's, unless the peer is one of
+``server.trusted_proxies``: then it is the right-most address of ``X-Forwarded-For`` (or
+``X-Real-IP``) that is not a trusted proxy, since each proxy appends what it saw and only the
+proxies we trust can be believed. MTT's document names no source addresses, so
+:class:`SourceGuard` also remembers the sources of the last 24 hours for ``/status``: an operator
+fills ``allow_from`` from what MTT really uses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+SOURCES_MAX = 1000
+"""Distinct source addresses remembered; beyond it the least recently seen is forgotten."""
+SOURCES_WINDOW_S = 24 * 3600.0
+
+
+def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
+    """CIDRs (or single addresses) as networks; ``ValueError`` naming the bad one."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"not an address or CIDR: {value!r}") from None
+    return tuple(networks)
+
+
+def _in(address: str, networks: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False  # not an address (a unix socket, a garbage header): in no network
+    return any(ip in network for network in networks)
+
+
+class Source(NamedTuple):
+    """One source address and what it did in the window."""
+
+    first_seen: float
+    last_seen: float
+    posts: int
+    refused: int
+
+
+class SourceGuard:
+    """The allow-list and the trusted proxies (both replaceable on SIGHUP), and the sources seen.
+
+    Worst-case memory: :data:`SOURCES_MAX` addresses of at most 45 characters and four numbers
+    each, some 200 KB.
+    """
+
+    def __init__(
+        self,
+        allow_from: Sequence[str] = (),
+        trusted_proxies: Sequence[str] = (),
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self._allow: tuple[Network, ...] = ()
+        self._trusted: tuple[Network, ...] = ()
+        self._sources: OrderedDict[str, Source] = OrderedDict()
+        self.set(allow_from, trusted_proxies)
+
+    def set(self, allow_from: Sequence[str], trusted_proxies: Sequence[str]) -> bool:
+        """Replace both lists; True when the allow-list changed."""
+        allow = parse_networks(allow_from)
+        changed = allow != self._allow
+        self._allow, self._trusted = allow, parse_networks(trusted_proxies)
+        return changed
+
+    @property
+    def open(self) -> bool:
+        """True when anyone may post (no allow-list)."""
+        return not self._allow
+
+    def client_address(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
+        """The address to judge: the peer's, or what a trusted proxy says the client was."""
+        if peer is None or not self._trusted or not _in(peer, self._trusted):
+            return peer
+        forwarded = [a.strip() for a in headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+        for address in reversed(forwarded):
+            if not _in(address, self._trusted):
+                return address
+        return headers.get("X-Real-IP", "").strip() or (forwarded[0] if forwarded else peer)
+
+    def admit(self, address: str | None) -> bool:
+        """True when ``address`` may post; the source is remembered either way."""
+        allowed = not self._allow or (address is not None and _in(address, self._allow))
+        self._remember(address or "unknown", allowed)
+        return allowed
+
+    def _remember(self, address: str, allowed: bool) -> None:
+        now = self._clock()
+        seen = self._sources.pop(address, None)
+        refused = 0 if allowed else 1
+        if seen is None:
+            seen = Source(now, now, 1, refused)
+        else:
+            seen = Source(seen.first_seen, now, seen.posts + 1, seen.refused + refused)
+        self._sources[address] = seen  # most recently seen last
+        while len(self._sources) > SOURCES_MAX:
+            self._sources.popitem(last=False)
+
+    def sources(self) -> list[dict[str, Any]]:
+        """The sources of the last 24 h, most recent first, for ``/status``."""
+        since = self._clock() - SOURCES_WINDOW_S
+        return [
+            {
+                "address": address,
+                "first_seen": seen.first_seen,
+                "last_seen": seen.last_seen,
+                "posts": seen.posts,
+                "refused": seen.refused,
+                "allowed": not self._allow or _in(address, self._allow),
+            }
+            for address, seen in reversed(self._sources.items())
+            if seen.last_seen >= since
+        ]
