@@ -81,6 +81,8 @@ class ServerConfig:
     """CIDRs allowed to ``POST P/events``; empty: anyone (warned at start-up)."""
     trusted_proxies: tuple[str, ...] = ()
     """CIDRs of proxies whose ``X-Forwarded-For`` / ``X-Real-IP`` is believed."""
+    read_timeout_s: int = 10
+    """A notification's body must arrive within this (408 otherwise)."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,15 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     s = reader.section(
         top.get("server"),
         "server",
-        ("listen", "admin_listen", "admin_token", "max_inflight", "allow_from", "trusted_proxies"),
+        (
+            "listen",
+            "admin_listen",
+            "admin_token",
+            "max_inflight",
+            "allow_from",
+            "trusted_proxies",
+            "read_timeout_s",
+        ),
     )
     max_inflight = int_in(reader, s, "server.max_inflight", 1000, 1, 1_000_000)
     admin_token = s.get("admin_token")
@@ -198,6 +208,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         max_inflight=max_inflight,
         allow_from=networks(reader, s, "server.allow_from"),
         trusted_proxies=networks(reader, s, "server.trusted_proxies"),
+        read_timeout_s=int_in(reader, s, "server.read_timeout_s", 10, 1, 300),
     )
     if not is_loopback(server.admin_listen.host) and server.admin_token is None:
         # The admin listener hands out OAuth logins and client edits: off loopback, only a token

@@ -178,6 +178,21 @@ def _str(data: dict[str, Any], key: str) -> str | None:
     return value if type(value) is str else _opt_str(value)
 
 
+MAX_ID_CHARS = 256
+"""Ids, tags, numbers, SIP IDs: MTT's are under 100 characters; anything longer is refused (400),
+so no per-call map is keyed by an attacker's megabyte."""
+MAX_TEXT_CHARS = 1024
+"""Names, reasons, the record URL."""
+MAX_FORWARDERS = 32
+
+
+def _short(data: dict[str, Any], key: str, where: str, limit: int = MAX_ID_CHARS) -> str | None:
+    value = _str(data, key)
+    if value is not None and len(value) > limit:
+        raise EventShapeError(f"{where}.{key} is longer than {limit} characters")
+    return value
+
+
 def _party(value: Any, where: str) -> Party:
     if value is None:
         return Party()
@@ -187,13 +202,19 @@ def _party(value: Any, where: str) -> Party:
     if forwarders:
         if not isinstance(forwarders, list):
             raise EventShapeError(f"{where}.forwarderList must be a list")
-        forwarders = tuple(str(f) for f in forwarders if f is not None)
+        if len(forwarders) > MAX_FORWARDERS:
+            raise EventShapeError(f"{where}.forwarderList has over {MAX_FORWARDERS} entries")
+        forwarders = tuple(str(f)[: MAX_ID_CHARS + 1] for f in forwarders if f is not None)
+        if any(len(f) > MAX_ID_CHARS for f in forwarders):
+            raise EventShapeError(
+                f"{where}.forwarderList has an entry over {MAX_ID_CHARS} characters"
+            )
     return Party(
-        _str(value, "id"),
-        _str(value, "accountId"),
-        _str(value, "centrexId"),
-        _str(value, "displayId"),
-        _str(value, "displayName"),
+        _short(value, "id", where),
+        _short(value, "accountId", where),
+        _short(value, "centrexId", where),
+        _short(value, "displayId", where),
+        _short(value, "displayName", where, MAX_TEXT_CHARS),
         forwarders,
     )
 
@@ -216,26 +237,28 @@ def parse_call_info(info: Any) -> CallEvent:
     call = info.get("call")
     if not isinstance(call, dict):
         raise EventShapeError("result.callInfo.call.id is missing")
-    call_id = _str(call, "id")
+    call_id = _short(call, "id", "callInfo.call")
     if not call_id:
         raise EventShapeError("result.callInfo.call.id is missing")
     raw_state = info.get("state")
     if not isinstance(raw_state, str) or not raw_state:
         raise EventShapeError("result.callInfo.state is missing")
+    if len(raw_state) > MAX_ID_CHARS:
+        raise EventShapeError(f"callInfo.state is longer than {MAX_ID_CHARS} characters")
     duration = info.get("duration")
     return CallEvent(
-        call=CallRef(call_id, _str(call, "tag")),
+        call=CallRef(call_id, _short(call, "tag", "callInfo.call")),
         state=_enum(_STATES, CallState.UNKNOWN, raw_state),
         type=_enum(_TYPES, CallType.UNKNOWN, info.get("type")),
         caller=_party(info.get("caller"), "callInfo.caller"),
         callee=_party(info.get("callee"), "callInfo.callee"),
-        transport_id=_str(info, "transportId"),
-        start_time=_str(info, "startTime"),
+        transport_id=_short(info, "transportId", "callInfo"),
+        start_time=_short(info, "startTime", "callInfo"),
         duration_s=int(duration) if isinstance(duration, int | float) else None,
-        reason=_str(info, "reason"),
-        reason_code=_str(info, "reasonCode"),
-        url_record=_str(info, "urlRecord"),
-        account_id=_str(info, "accountId"),
+        reason=_short(info, "reason", "callInfo", MAX_TEXT_CHARS),
+        reason_code=_short(info, "reasonCode", "callInfo"),
+        url_record=_short(info, "urlRecord", "callInfo", MAX_TEXT_CHARS),
+        account_id=_short(info, "accountId", "callInfo"),
         raw_state=raw_state,
     )
 
@@ -259,9 +282,11 @@ def parse_event(body: Any) -> Event:
         raw = result.get("eventType")
         if not isinstance(raw, str):
             raise EventShapeError("result.eventType is missing")
+        if len(raw) > MAX_ID_CHARS:
+            raise EventShapeError(f"result.eventType is longer than {MAX_ID_CHARS} characters")
         try:
             kind = VpbxEventType(raw)
         except ValueError:
             kind = VpbxEventType.UNKNOWN
         return VpbxEvent(type=kind, raw_type=raw)
-    return UnknownEvent(name=name)
+    return UnknownEvent(name=name[:MAX_ID_CHARS])

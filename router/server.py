@@ -80,7 +80,11 @@ async def _receive(request: web.Request) -> tuple[web.Response, bytes | None]:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _bad(request, 413, "body over 1 MiB", "too_large"), None
     try:
-        body = await request.read()
+        # A client trickling its body must not hold a handler (and a connection) for ever.
+        async with asyncio.timeout(request.app[CONFIG].server.read_timeout_s):
+            body = await request.read()
+    except TimeoutError:
+        return _bad(request, 408, "body not received in time", "timeout", "timeout"), None
     except web.HTTPRequestEntityTooLarge:
         return _bad(request, 413, "body over 1 MiB", "too_large"), None
     except web.RequestPayloadError:

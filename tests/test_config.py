@@ -32,7 +32,7 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         "admin_listen", "admin_token", "storage:", "storage_prefix", "tokens_file", "source",
         "path", "decision_budget_ms", "park", "mode", "live_numbers", "format", "level",
         "capture", "capture_max_mb", "capture_keep", "mask_numbers", "max_inflight", "centrex_id",
-        "allow_from", "trusted_proxies",
+        "allow_from", "trusted_proxies", "read_timeout_s",
     ):  # fmt: skip
         assert key in text
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from router import callmodel
+from router.errors import EventShapeError
 from router.events import (
     CallEvent,
     CallRef,
@@ -201,3 +202,48 @@ def test_for_another_account_by_centrex_id() -> None:
     assert not event(None, "3").for_another_account("3")
     assert not event(None, None).for_another_account("3")
     assert event(None, "2").for_another_account("3")
+
+
+def _info(**fields: Any) -> dict[str, Any]:
+    call_info: dict[str, Any] = {
+        "call": {"id": "c-1", "tag": "t"},
+        "state": "trying",
+        "type": "incoming",
+        "caller": {"id": "79219462761"},
+        "callee": {"id": "74996497803", "forwarderList": []},
+    }
+    for key, value in fields.items():
+        section, _, name = key.partition("__")
+        if name:
+            call_info[section] = {**call_info[section], name: value}
+        else:
+            call_info[section] = value
+    return {"event": "callNotifications", "result": {"callInfo": call_info}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"call__id": "x" * 257}, "callInfo.call.id is longer than 256"),
+        ({"call__tag": "x" * 257}, "callInfo.call.tag is longer than 256"),
+        ({"caller__id": "7" * 257}, "callInfo.caller.id is longer than 256"),
+        ({"callee__displayName": "я" * 1025}, "callInfo.callee.displayName is longer than 1024"),
+        ({"callee__forwarderList": ["1"] * 33}, "forwarderList has over 32 entries"),
+        ({"callee__forwarderList": ["1" * 257]}, "entry over 256 characters"),
+        ({"transportId": "x" * 257}, "callInfo.transportId is longer than 256"),
+        ({"state": "x" * 257}, "callInfo.state is longer than 256"),
+    ],
+)
+def test_fields_beyond_their_limit_are_refused(fields: dict[str, Any], message: str) -> None:
+    """Ids, numbers and names past a sane length are a wrong shape (400), not a map key."""
+    with pytest.raises(EventShapeError, match=message):
+        parse_event(_info(**fields))
+
+
+def test_fields_at_their_limit_are_accepted() -> None:
+    """Exactly at the limits: parsed."""
+    event = parse_event(
+        _info(call__id="x" * 256, callee__displayName="я" * 1024, callee__forwarderList=["1"] * 32)
+    )
+    assert isinstance(event, CallEvent)
+    assert (len(event.call.id), len(event.callee.forwarders)) == (256, 32)

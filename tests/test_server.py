@@ -426,3 +426,21 @@ async def test_sources_outside_allow_from_are_refused_and_listed(
     sources = {s["address"]: s for s in (await daemon.status())["sources"]}
     assert (sources["127.0.0.1"]["refused"], sources["127.0.0.1"]["allowed"]) == (1, False)
     assert (sources["203.0.113.7"]["posts"], sources["203.0.113.7"]["allowed"]) == (1, True)
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_408(start_daemon: StartDaemon) -> None:
+    """server.read_timeout_s: a body trickling in past it gets 408 and rejected{timeout}."""
+    daemon = await start_daemon(extra={"server": {"read_timeout_s": 1}})
+    url = urlsplit(daemon.events_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(
+            f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+    assert status_line.split()[:2] == [b"HTTP/1.1", b"408"]
+    assert daemon.sample("mtt_router_rejected_total", reason="timeout") == 1
