@@ -28,6 +28,7 @@ from router.config_read import (
     redis_or_memory,
 )
 from router.errors import ConfigError
+from router.numbers import try_normalize
 
 SCOPE = "https://mtt.ru/auth.tokens.readwrite"
 
@@ -248,6 +249,9 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     live_numbers: tuple[str, ...] = ()
     if isinstance(live_raw, list) and all(isinstance(n, str | int) for n in live_raw):
         live_numbers = tuple(str(n) for n in live_raw)
+        # A typo must not make every line live (an empty list means "all live").
+        for bad in (n for n in live_numbers if try_normalize(n) is None):
+            reader.problems.append(f"routing.live_numbers: not a phone number: {bad!r}")
     else:
         reader.problems.append("routing.live_numbers: must be a list of external numbers")
     routing = RoutingConfig(
@@ -309,6 +313,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

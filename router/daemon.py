@@ -64,11 +64,12 @@ async def serve(
     public_runner = web.AppRunner(public, access_log=None, handle_signals=False)
     admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
     reloads: set[asyncio.Task[bool]] = set()
+    stopping = False
 
     def reload_rules() -> None:
         services = public.get(SERVICES)
-        if services is None:
-            return
+        if services is None or stopping:
+            return  # while stopping, the stores a reload uses are closing: ignore the signal
         log.info("sighup_received")
         task = loop.create_task(services.reload("SIGHUP"))
         reloads.add(task)
@@ -101,6 +102,7 @@ async def serve(
         await stop.wait()
         log.info("stopping", inflight=public[SERVICES].engine.inflight)
     finally:
+        stopping = True
         # A reload in flight uses the rules source and stores: finish it before they close.
         for task in reloads:
             task.cancel("shutdown")

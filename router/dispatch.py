@@ -17,7 +17,13 @@ import enum
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NamedTuple, Protocol
 
-from router.errors import NeedsLoginError, StorageError, UpstreamConnectionError, UpstreamError
+from router.errors import (
+    NeedsLoginError,
+    ServerError,
+    StorageError,
+    UpstreamConnectionError,
+    UpstreamError,
+)
 from router.events import CallRef
 from router.routing import Action, Decision
 
@@ -115,6 +121,8 @@ def classify(exc: UpstreamError) -> Result:
     "Commands"): only a 4xx answer or a refused connection means it certainly did not."""
     if isinstance(exc, UpstreamConnectionError):
         return Result.REFUSED if exc.retryable else Result.AMBIGUOUS
+    if isinstance(exc, ServerError):
+        return Result.AMBIGUOUS  # a 5xx, or a 2xx whose body we could not read: it may be done
     if exc.status is not None and exc.status < 500:
         return Result.REFUSED
     return Result.AMBIGUOUS

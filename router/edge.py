@@ -85,19 +85,31 @@ class SourceGuard:
         return not self._allow
 
     def client_address(self, peer: str | None, headers: Mapping[str, str]) -> str | None:
-        """The address to judge: the peer's, or what a trusted proxy says the client was."""
+        """The address to judge: the peer's, or what a trusted proxy says the client was.
+
+        Every ``X-Forwarded-For`` line counts, in order: a proxy that adds its own line rather
+        than extending the client's must not let the client's forged first line through.
+        ``X-Real-IP`` is read only without any ``X-Forwarded-For``: the trusted proxy must set
+        (overwrite) one of them.
+        """
         if peer is None or not self._trusted or not _in(peer, self._trusted):
             return peer
-        forwarded = [a.strip() for a in headers.get("X-Forwarded-For", "").split(",") if a.strip()]
+        getall = getattr(headers, "getall", None)
+        lines: list[str] = (
+            list(getall("X-Forwarded-For", [])) if getall else [headers.get("X-Forwarded-For", "")]
+        )
+        forwarded = [a.strip() for line in lines for a in line.split(",") if a.strip()]
         for address in reversed(forwarded):
             if not _in(address, self._trusted):
                 return address
-        return headers.get("X-Real-IP", "").strip() or (forwarded[0] if forwarded else peer)
+        if forwarded:
+            return forwarded[0]  # only trusted proxies in the chain: the first one of them
+        return headers.get("X-Real-IP", "").strip() or peer
 
     def admit(self, address: str | None) -> bool:
         """True when ``address`` may post; the source is remembered either way."""
         allowed = not self._allow or (address is not None and _in(address, self._allow))
-        self._remember(address or "unknown", allowed)
+        self._remember((address or "unknown")[:64], allowed)
         return allowed
 
     def _remember(self, address: str, allowed: bool) -> None:

@@ -43,7 +43,8 @@ not personal data and stay as they are."""
 def mask_number(raw: str) -> str:
     """``raw`` with the middle hidden: ``+7921***2761`` (country code and 3 digits, the last 4);
     short numbers mostly masked (``***61``). Text with no digits is returned as it is."""
-    digits = try_normalize(raw) or "".join(c for c in raw if c.isdigit())
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    digits = try_normalize(raw) or "".join(c for c in raw if "0" <= c <= "9")
     if not digits:
         return raw
     if len(digits) >= 10:

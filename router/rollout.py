@@ -29,7 +29,11 @@ class Rollout:
     def set(self, mode: Mode, live_numbers: Sequence[str]) -> bool:
         """Switch to ``mode`` with ``live_numbers``; True when anything changed."""
         live = frozenset(n for n in map(try_normalize, live_numbers) if n is not None)
-        changed = (mode, live) != (self.mode, self._live)
+        changed = (mode, live, bool(live_numbers)) != (
+            self.mode,
+            self._live,
+            bool(self.live_numbers),
+        )
         self.mode, self.live_numbers, self._live = mode, tuple(live_numbers), live
         return changed
 
@@ -37,7 +41,8 @@ class Rollout:
         """True when a parked call to ``callee`` (normalised) is transferred, not shadowed."""
         if self.mode == "shadow":
             return False
-        return not self._live or callee in self._live
+        # Configured numbers that all fail to read make nothing live, never everything.
+        return not self.live_numbers or callee in self._live
 
     def status(self, numbers: Collection[str] | None) -> dict[str, Any]:
         """For ``/status``: the mode, the configured live numbers, and each known number's state."""

@@ -71,7 +71,10 @@ class Services:
 
     async def reload(self, reason: str) -> bool:
         """SIGHUP: the rules, and the config keys that reload without a restart."""
-        await self.reload_settings(reason)
+        try:
+            await self.reload_settings(reason)
+        except Exception:  # whatever the settings did, the rules still reload
+            log.exception("config_reload_failed", reason=reason)
         return await self.reload_rules(reason)
 
     async def reload_settings(self, reason: str) -> None:

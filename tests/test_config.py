@@ -235,3 +235,18 @@ def test_allow_from_and_trusted_proxies_are_checked_cidrs() -> None:
         "server.allow_from: not an address or CIDR: '203.0.113.0/33'",
         "server.trusted_proxies: must be a list of addresses or CIDRs",
     ]
+
+
+def test_a_live_number_that_is_not_a_number_is_refused() -> None:
+    """routing.live_numbers: a typo is named, not silently dropped (which would make all live)."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config({**MINIMAL, "routing": {"live_numbers": ["74996497803", "abc"]}}, env={})
+    assert caught.value.problems == ["routing.live_numbers: not a phone number: 'abc'"]
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8: one ConfigError line, not a traceback."""
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"mtt:\n  client_id: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(path)

@@ -64,3 +64,15 @@ def test_set_reports_a_changed_allow_list_and_bad_networks_are_named() -> None:
     assert guard.open
     with pytest.raises(ValueError, match="not an address or CIDR: 'nonsense'"):
         parse_networks(["nonsense"])
+
+
+def test_every_forwarded_line_counts() -> None:
+    """A proxy that adds its own X-Forwarded-For line: the client's forged first line loses."""
+    from multidict import CIMultiDict
+
+    guard = SourceGuard(["203.0.113.0/24"], ["10.0.0.0/8"])
+    headers = CIMultiDict([("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-For", "192.0.2.66")])
+    assert guard.client_address("10.0.0.1", headers) == "192.0.2.66"
+    assert not guard.admit(guard.client_address("10.0.0.1", headers))
+    both = CIMultiDict([("X-Forwarded-For", "192.0.2.66"), ("X-Real-IP", "203.0.113.7")])
+    assert guard.client_address("10.0.0.1", both) == "192.0.2.66"  # X-Real-IP only without XFF

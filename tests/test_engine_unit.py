@@ -719,3 +719,11 @@ async def test_over_max_inflight_a_call_is_shed_without_a_command() -> None:
     assert h.commands() == [("transfer", "101")]  # the first call only
     h.commander.hold = None
     assert (await h.call(call_id="fourth")).outcome is Outcome.TRANSFERRED
+
+
+async def test_a_2xx_whose_body_cannot_be_read_gets_no_second_command() -> None:
+    """MTT answered 2xx with a body we could not read: it may have applied the transfer."""
+    unreadable = ServerError("transferCall: answer is not JSON", method="transferCall", status=200)
+    h = make(Step(raises=unreadable))
+    record = await h.call()
+    assert (h.commands(), record.outcome) == ([("transfer", "101")], Outcome.ERROR)

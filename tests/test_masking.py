@@ -140,3 +140,8 @@ def test_run_passes_mask_numbers_to_the_daemon_logging(
     monkeypatch.setattr(runtime, "run", fake_run)
     assert run_command._run(argparse.Namespace(config=str(path))) == 0
     assert seen == {"fmt": "json", "level": "info", "mask_numbers": True}
+
+
+def test_non_ascii_digits_do_not_break_masking() -> None:
+    """Superscript digits (str.isdigit() is True for them) are not digits to mask."""
+    assert mask_number("²" * 12) == "²" * 12

@@ -56,3 +56,9 @@ def test_sighup_applies_only_the_reloadable_keys() -> None:
     )
     assert restart_only_changes(running, edited) == ["server.listen", "storage_prefix"]
     assert restart_only_changes(running, running) == []
+
+
+def test_unreadable_live_numbers_make_nothing_live() -> None:
+    """Configured live numbers that all fail to read: no line is live (never every line)."""
+    rollout = Rollout("live", ["abc"])
+    assert not rollout.is_live("74996497803")

@@ -13,6 +13,7 @@ call twice) and reads are answered from the spaces' caches where they can be.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import time
 from collections import OrderedDict
@@ -107,7 +108,8 @@ class RedisCallStore:
         self._ops = ops
         self._spaces = dict(spaces or {})
         self._local = local if local is not None else LocalClaims()
-        self._owner = replica_id()
+        # Unique per store, not only per process: two stores in one process are two claimants.
+        self._owner = f"{replica_id()}:{secrets.token_hex(4)}"
 
     async def claim(self, call_id: str, ttl_s: float) -> bool:
         """True for the first claimant of ``call_id`` within ``ttl_s`` on any replica."""
@@ -135,13 +137,22 @@ class RedisCallStore:
 
         async def round_trip() -> list[Any]:
             if not asked:
-                return [await client.set(key, self._owner, nx=True, px=ttl_ms)]
-            # Built per attempt: a pipeline forgets its commands once executed.
-            pipe = client.pipeline(transaction=False)
-            pipe.set(key, self._owner, nx=True, px=ttl_ms)
-            for read, space, _ in asked:
-                pipe.hget(space.key, read.key)
-            return list(await pipe.execute())
+                results = [await client.set(key, self._owner, nx=True, px=ttl_ms)]
+            else:
+                # Built per attempt: a pipeline forgets its commands once executed. Errors come
+                # back per command, so a failing read cannot hide the claim's own answer.
+                pipe = client.pipeline(transaction=False)
+                pipe.set(key, self._owner, nx=True, px=ttl_ms)
+                for read, space, _ in asked:
+                    pipe.hget(space.key, read.key)
+                results = list(await pipe.execute(raise_on_error=False))
+            if isinstance(results[0], Exception):
+                raise results[0]
+            if results[0] is None:
+                # Not set: another replica's claim, or ours whose reply was lost and the command
+                # retried (redis-py retries once after a broken connection). Ask whose it is.
+                results[0] = str(await client.get(key)) == self._owner
+            return results
 
         try:
             got, *answers = await self._ops.run("claim", round_trip)
@@ -153,6 +164,8 @@ class RedisCallStore:
                     values[read] = value
             return Gathered(True, values)
         for (read, space, generation), raw in zip(asked, answers, strict=True):
+            if isinstance(raw, Exception):
+                continue  # unanswered: the rules decide without it
             value = None if raw is None else str(raw)
             space.remember(read.key, value, generation)
             values[read] = value

@@ -89,3 +89,26 @@ async def test_redis_down_claims_locally_and_serves_what_the_cache_knows(
     assert (gathered.claimed, dict(gathered.values)) == (True, {READ: "ivanov"})
     assert errors(outage_ops, "claim") == 1  # the claim and both reads: one operation
     assert not (await store.claim_and_read("during", 30, [READ])).claimed
+
+
+async def test_a_claim_whose_reply_was_lost_is_still_ours(ops: RedisOps) -> None:
+    """SET NX landed but its reply was lost and the command retried: the key names this store,
+    so the call is claimed, not taken for another replica's."""
+    store = RedisCallStore(ops)
+    await ops.client.set(ops.key("claim", "call-1"), store._owner, px=30_000)
+    assert (await store.claim_and_read("call-1", 30, [])).claimed
+
+
+async def test_a_failing_read_does_not_hide_the_claims_answer(
+    make_ops: MakeOps, ops: RedisOps
+) -> None:
+    """A read that errors (wrong type) leaves the read unanswered; the claim's own answer stands:
+    the second replica still gets claimed=False."""
+    clients = ClientMap(ops)
+    await ops.client.set(clients.key, "not a hash")
+    one = RedisCallStore(make_ops(), spaces={CLIENTS_SPACE: ClientMap(ops)})
+    two = RedisCallStore(make_ops(), spaces={CLIENTS_SPACE: ClientMap(ops)})
+    first = await one.claim_and_read("call-1", 30, [READ])
+    second = await two.claim_and_read("call-1", 30, [READ])
+    assert (first.claimed, dict(first.values)) == (True, {})
+    assert second.claimed is False
