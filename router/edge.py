@@ -15,7 +15,7 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -43,20 +43,11 @@ def _in(address: str, networks: Sequence[Network]) -> bool:
     return any(ip in network for network in networks)
 
 
-class Source(NamedTuple):
-    """One source address and what it did in the window."""
-
-    first_seen: float
-    last_seen: float
-    posts: int
-    refused: int
-
-
 class SourceGuard:
     """The allow-list and the trusted proxies (both replaceable on SIGHUP), and the sources seen.
 
-    Worst-case memory: :data:`SOURCES_MAX` addresses of at most 45 characters and four numbers
-    each, some 200 KB.
+    Worst-case memory: :data:`SOURCES_MAX` addresses of at most 64 characters and four numbers
+    each, some 300 KB.
     """
 
     def __init__(
@@ -69,7 +60,9 @@ class SourceGuard:
         self._clock = clock
         self._allow: tuple[Network, ...] = ()
         self._trusted: tuple[Network, ...] = ()
-        self._sources: OrderedDict[str, Source] = OrderedDict()
+        # address -> [first seen, last seen, posts, refused], least recently seen first; a list
+        # updated in place, since every notification lands here (one small list per source).
+        self._sources: OrderedDict[str, list[float]] = OrderedDict()
         self.set(allow_from, trusted_proxies)
 
     def set(self, allow_from: Sequence[str], trusted_proxies: Sequence[str]) -> bool:
@@ -114,15 +107,17 @@ class SourceGuard:
 
     def _remember(self, address: str, allowed: bool) -> None:
         now = self._clock()
-        seen = self._sources.pop(address, None)
-        refused = 0 if allowed else 1
+        seen = self._sources.get(address)
         if seen is None:
-            seen = Source(now, now, 1, refused)
-        else:
-            seen = Source(seen.first_seen, now, seen.posts + 1, seen.refused + refused)
-        self._sources[address] = seen  # most recently seen last
-        while len(self._sources) > SOURCES_MAX:
-            self._sources.popitem(last=False)
+            self._sources[address] = [now, now, 1, 0 if allowed else 1]
+            while len(self._sources) > SOURCES_MAX:
+                self._sources.popitem(last=False)
+            return
+        seen[1] = now
+        seen[2] += 1
+        if not allowed:
+            seen[3] += 1
+        self._sources.move_to_end(address)
 
     def sources(self) -> list[dict[str, Any]]:
         """The sources of the last 24 h, most recent first, for ``/status``."""
@@ -130,12 +125,12 @@ class SourceGuard:
         return [
             {
                 "address": address,
-                "first_seen": seen.first_seen,
-                "last_seen": seen.last_seen,
-                "posts": seen.posts,
-                "refused": seen.refused,
+                "first_seen": first,
+                "last_seen": last,
+                "posts": int(posts),
+                "refused": int(refused),
                 "allowed": not self._allow or _in(address, self._allow),
             }
-            for address, seen in reversed(self._sources.items())
-            if seen.last_seen >= since
+            for address, (first, last, posts, refused) in reversed(self._sources.items())
+            if last >= since
         ]
