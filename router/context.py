@@ -102,10 +102,6 @@ class CallerContext(NamedTuple):
             stored=stored,
         )
 
-    def with_stored(self, stored: Mapping[Read, str | None]) -> CallerContext:
-        """This context with the storage's answers."""
-        return self._replace(stored=stored)
-
     def with_fetched(self, source: str, verdict: Verdict) -> CallerContext:
         """This context with one more fetching source's verdict."""
         return self._replace(fetched={**self.fetched, source: verdict})

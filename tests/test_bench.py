@@ -25,6 +25,20 @@ from router.simulator import generated_workplaces
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+def bench_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m router bench ARGS`` in a subprocess, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "router", "bench", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        capture_output=True,
+        text=True,
+        timeout=28,
+        check=False,
+    )
+
+
 RUN_KEYS = {
     "rate",
     "achieved_rate",
@@ -52,34 +66,9 @@ RUN_KEYS = {
 @pytest.mark.timeout(30)
 def test_bench_routes_every_call_and_reports_json(tmp_path: Path) -> None:
     """50 calls/s for 2 s against a daemon subprocess: all routed, full lifecycle, JSON report."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "router",
-            "bench",
-            "--rate",
-            "50",
-            "--duration",
-            "2",
-            "--repeat",
-            "2",
-            "--warmup",
-            "0.2",
-            "--workplaces",
-            "20",
-            "--callers",
-            "100",
-            "--workdir",
-            str(tmp_path),
-            "--json",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-        capture_output=True,
-        text=True,
-        timeout=28,
-        check=False,
+    done = bench_cli(
+        *("--rate", "50", "--duration", "2", "--repeat", "2", "--warmup", "0.2"),
+        *("--workplaces", "20", "--callers", "100", "--workdir", str(tmp_path), "--json"),
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

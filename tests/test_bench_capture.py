@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,25 +12,32 @@ from router.bench import callers, write_daemon_files
 from router.cli import main
 from router.config import load_config
 from router.simulator import generated_workplaces
+from tests.test_bench import bench_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_capture_flag_turns_log_capture_on_in_the_daemon_config(tmp_path: Path) -> None:
     """The config the bench writes has ``log.capture`` only with ``--capture``."""
-    common = {
-        "sim_url": "http://127.0.0.1:9",
-        "public": "127.0.0.1:1",
-        "admin": "127.0.0.1:2",
-        "workplaces": generated_workplaces(2),
-        "caller_numbers": callers(3),
-        "tokens": None,
-        "log_level": "info",
-    }
-    files = write_daemon_files(tmp_path / "on", capture=True, **common)  # type: ignore[arg-type]
-    assert load_config(files.config).log.capture == str(tmp_path / "on" / "capture.jsonl")
-    files = write_daemon_files(tmp_path / "off", **common)  # type: ignore[arg-type]
-    assert load_config(files.config).log.capture == ""
+
+    def write(workdir: Path, capture: bool) -> Path:
+        files = write_daemon_files(
+            workdir,
+            sim_url="http://127.0.0.1:9",
+            public="127.0.0.1:1",
+            admin="127.0.0.1:2",
+            workplaces=generated_workplaces(2),
+            caller_numbers=callers(3),
+            tokens=None,
+            log_level="info",
+            capture=capture,
+        )
+        return files.config
+
+    assert load_config(write(tmp_path / "on", True)).log.capture == str(
+        tmp_path / "on" / "capture.jsonl"
+    )
+    assert load_config(write(tmp_path / "off", False)).log.capture == ""
 
 
 def test_capture_needs_the_daemon_started_here(capsys: pytest.CaptureFixture[str]) -> None:
@@ -46,18 +50,9 @@ def test_capture_needs_the_daemon_started_here(capsys: pytest.CaptureFixture[str
 @pytest.mark.timeout(30)
 def test_bench_with_capture_writes_every_notification(tmp_path: Path) -> None:
     """A short run with --capture: every call routed, each notification a 200 line, file 0600."""
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "router", "bench", "--rate", "50", "--duration", "1"),
-            *("--warmup", "0", "--workplaces", "10", "--callers", "50", "--capture"),
-            *("--workdir", str(tmp_path), "--json"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-        capture_output=True,
-        text=True,
-        timeout=28,
-        check=False,
+    done = bench_cli(
+        *("--rate", "50", "--duration", "1", "--warmup", "0", "--workplaces", "10"),
+        *("--callers", "50", "--capture", "--workdir", str(tmp_path), "--json"),
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)

@@ -68,7 +68,7 @@ def decide_for(
         known_workplaces=None if known_workplaces is None else frozenset(known_workplaces),
     )
     if context.caller is not None and client_manager is not None:
-        context = context.with_stored({Read(CLIENTS_SPACE, context.caller): client_manager})
+        context = context._replace(stored={Read(CLIENTS_SPACE, context.caller): client_manager})
     return decide(context, rules)
 
 
