@@ -140,6 +140,13 @@ async def test_an_access_token_ending_under_load_costs_one_refresh_across_replic
     if revoke:
         await cluster.sim.faults(revoke_access_tokens=True)
         await asyncio.gather(wave(), wave(), wave())  # a burst: 401s on both replicas at once
+
+        async def both_refreshed() -> bool:
+            return await versions() == [2, 2]
+
+        # place() returns once MTT's trying was answered; the decisions, and so the 401s and the
+        # refresh, happen in the background: count once both replicas hold the new set.
+        await eventually(both_refreshed, "both replicas on the refreshed set", timeout_s=10)
     else:  # refreshed at 80% of 6 s: keep the load on until both replicas hold the new set
 
         async def refreshed() -> bool:
