@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -267,7 +268,8 @@ async def test_sibling_refresh_is_adopted_not_repeated(
 async def test_revoked_refresh_token_enters_needs_login(
     session: aiohttp.ClientSession, sim: Simulator
 ) -> None:
-    """invalid_grant: NeedsLoginError, gauge 1, a log line with the URL, no retry loop."""
+    """invalid_grant: NeedsLoginError, gauge 1, a log line saying where to log in (no live
+    authorize URL: no state is created for it), no retry loop."""
     loads = [0]
 
     class Counting(MemoryTokenStore):
@@ -276,7 +278,10 @@ async def test_revoked_refresh_token_enters_needs_login(
             return await super().load()
 
     metrics = Metrics()
-    tm = manager(session, sim, Counting(expired_set(sim)), metrics=metrics, poll_s=0.02)
+    states = CountingStates()
+    tm = manager(
+        session, sim, Counting(expired_set(sim)), metrics=metrics, states=states, poll_s=0.02
+    )
     sim.revoke_refresh_tokens()
     with json_logs() as logs:
         await tm.start()
@@ -300,20 +305,49 @@ async def test_revoked_refresh_token_enters_needs_login(
     lines = [json.loads(line) for line in logs.getvalue().splitlines()]
     announced = [line for line in lines if line["event"] == "needs_login"]
     assert len(announced) == 1
-    assert announced[0]["authorize_url"].startswith(f"{sim.url}/oauth/authorize?")
-    assert "state=" in announced[0]["authorize_url"]
+    assert_no_live_login(announced[0], sim)
+    assert states.puts == 0
 
 
-async def test_login_url_from_needs_login_log_works(
+class CountingStates(MemoryOAuthStates):
+    """Memory OAuth states counting the states created."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.puts = 0
+
+    async def put(self, state: str, ttl_s: float) -> None:
+        self.puts += 1
+        await super().put(state, ttl_s)
+
+
+def assert_no_live_login(line: dict[str, Any], sim: Simulator) -> None:
+    """A needs-login line names where to start a login, and holds no authorize URL or state."""
+    assert "authorize_url" not in line
+    text = json.dumps(line)
+    assert "state=" not in text
+    assert sim.url not in text
+    assert "://" not in text
+    assert "/oauth/start" in line["login"]
+    assert "mtt-router auth login" in line["login"]
+
+
+async def test_needs_login_log_has_no_live_state_and_a_login_started_on_demand_works(
     session: aiohttp.ClientSession, sim: Simulator, sim_http: aiohttp.ClientSession
 ) -> None:
-    """The URL logged on start without tokens carries a state the callback accepts."""
-    tm = manager(session, sim, MemoryTokenStore())
+    """Started without tokens: the needs-login line says where to log in and creates no state
+    (an authorize URL in a log is a live login for whoever reads it); a login begun on demand
+    (what GET /oauth/start and `auth login` do) goes through the callback."""
+    states = CountingStates()
+    tm = manager(session, sim, MemoryTokenStore(), states=states)
     with json_logs() as logs:
         await tm.start()
         await tm.close()
     [line] = [json.loads(x) for x in logs.getvalue().splitlines() if '"needs_login"' in x]
-    code, state = await follow_authorize(sim_http, line["authorize_url"])
+    assert_no_live_login(line, sim)
+    assert states.puts == 0
+    code, state = await follow_authorize(sim_http, await tm.begin_login())
+    assert states.puts == 1
     await tm.complete_login(code, state)
     assert not tm.needs_login
 

@@ -8,8 +8,9 @@
   versioned compare-and-set let several processes (the daemon and a CLI command, or replicas on
   Redis) share one token set: who finds a newer set in the store adopts it instead of refreshing.
 * A refused refresh token (``invalid_grant``) or none at all means "needs login":
-  :class:`NeedsLoginError` for callers and a log line with the authorize URL to open (repeated
-  while waiting, as each URL lives 10 minutes). It is left by a login, or a newer stored set.
+  :class:`NeedsLoginError` for callers and a log line saying where to start a login (repeated
+  every 10 minutes while waiting). It is left by a login, or a newer stored set. The line holds
+  no authorize URL: its ``state`` would be a live single-use login for whoever reads the logs.
 
 The current set and its persistence are :class:`~router.mtt.token_state.TokenState`'s. No token
 is ever logged.
@@ -33,6 +34,8 @@ from router.state.protocols import OAuthStateStore, TokenStore
 
 STATE_TTL_S = 600.0
 """An OAuth ``state`` (and so an authorize URL) is good for 10 minutes, once."""
+LOGIN_HINT = "GET /oauth/start on the admin listener, or run `mtt-router auth login`"
+"""Where the needs-login line sends the operator (both create a fresh ``state`` on demand)."""
 CLOSE_WAIT_S = 10.0
 """On close, an in-flight refresh may finish (its answer must be saved) for this long."""
 
@@ -230,7 +233,7 @@ class TokenGrants:
 
     async def reload(self) -> None:
         """Adopt a newer usable set from the store (a login elsewhere); while still waiting for
-        a login, repeat the needs-login log line every 10 minutes (its URL's lifetime)."""
+        a login, repeat the needs-login log line every 10 minutes."""
         adopted = await self._state.poll_store()
         if adopted is None:
             return
@@ -247,17 +250,10 @@ class TokenGrants:
         return NeedsLoginError(f"no usable MTT token ({reason}): run `mtt-router auth login`")
 
     async def announce(self, reason: str) -> None:
-        """The one log line an operator needs: why, and the URL to open (valid 10 minutes)."""
+        """The one log line an operator needs: why, and where to start a login.
+
+        No ``state`` is created here: an authorize URL in a log line would be a live login for
+        anyone who can read the logs. :meth:`begin_login` makes one when a person asks for it.
+        """
         self._announced_at = time.monotonic()
-        try:
-            url: str | None = await self.begin_login()
-        except Exception as exc:  # any failure to store a state: the line matters more than its URL
-            url = None
-            log().warning("oauth_state_not_stored", error_type=type(exc).__name__)
-        log().error(
-            "needs_login",
-            reason=reason,
-            authorize_url=url,
-            hint="open authorize_url within 10 minutes (or GET /oauth/start on the admin listener, "
-            "or run `mtt-router auth login`) to authorise the integration again",
-        )
+        log().error("needs_login", reason=reason, login=LOGIN_HINT)
