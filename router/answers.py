@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from router.bounds import Bound
 from router.events import CallState
 from router.metrics import Metrics
 from router.routing import Decision
@@ -48,6 +49,10 @@ class AnswerTracker:
 
     def __len__(self) -> int:
         return len(self._calls)
+
+    def bound(self) -> Bound:
+        """Decided calls remembered, and the most there can be."""
+        return Bound(len(self._calls), self._max)
 
     def decided(self, call_id: str, rules: Rules, decision: Decision) -> None:
         """Remember whose workplaces count as whose for ``call_id``."""

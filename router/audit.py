@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from router import callmodel
+from router.bounds import Bound
 from router.events import CallEvent, CallState, CallType, Party
 from router.metrics import Metrics
 
@@ -111,6 +112,10 @@ class CallAudit:
 
     def __len__(self) -> int:
         return len(self._calls)
+
+    def bound(self) -> Bound:
+        """Calls tracked, and the most there can be."""
+        return Bound(len(self._calls), self._max)
 
     def observe(self, event: CallEvent, now: float, workplace: str | None = None) -> None:
         """One notification at ``now`` (monotonic seconds); ``workplace`` is the one its leg is

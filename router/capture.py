@@ -41,6 +41,8 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 import structlog
 
+from router.bounds import Bound
+
 log = structlog.get_logger("router.capture")
 
 FLUSH_INTERVAL_S = 0.1
@@ -177,6 +179,10 @@ class CaptureWriter:
     def queued(self) -> int:
         """Lines waiting for the writer."""
         return len(self._queue)
+
+    def bound(self) -> Bound:
+        """Lines waiting for the writer, and the most there can be."""
+        return Bound(len(self._queue), self._max_lines)
 
     # -- the writer thread --------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from router.bounds import Bound
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SOURCES_MAX = 1000
@@ -71,6 +73,10 @@ class SourceGuard:
         changed = allow != self._allow
         self._allow, self._trusted = allow, parse_networks(trusted_proxies)
         return changed
+
+    def bound(self) -> Bound:
+        """Sources remembered, and the most there can be."""
+        return Bound(len(self._sources), SOURCES_MAX)
 
     @property
     def open(self) -> bool:

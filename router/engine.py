@@ -26,6 +26,7 @@ import structlog
 from router import callmodel
 from router.answers import AnswerTracker
 from router.audit import CallAudit
+from router.bounds import Bound
 from router.clock import Clock
 from router.context import CallerContext, Verdict
 from router.dispatch import Commander, Outcome, Sender, carry_out, conclude
@@ -210,6 +211,15 @@ class Engine:
     def inflight(self) -> int:
         """Tasks still running."""
         return len(self._tasks)
+
+    def bounds(self) -> dict[str, Bound]:
+        """How full each of the engine's bounded maps is (``/status`` "bounds")."""
+        found = {"audit": self._audit.bound(), "presence_queue": self._presence_queue.bound()}
+        if self._answers is not None:
+            found["answers"] = self._answers.bound()
+        if self._max_inflight is not None:
+            found["decisions"] = Bound(self._deciding, self._max_inflight)
+        return found
 
     async def settle(self) -> None:
         """Wait until no task is in flight (tasks started meanwhile included)."""

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from router.answers import AnswerTracker
+from router.bounds import Bound, Bounded
 from router.capture import CaptureWriter
 from router.clock import LoopClock, WallClock, utc_now
 from router.config import Config, load_config
@@ -60,6 +61,22 @@ class Services:
     config_path: str | None = None
     capture: CaptureWriter | None = None
     """``log.capture``: every POST to ``P/events`` as received (``None``: off)."""
+
+    def bounds(self) -> dict[str, Bound]:
+        """How full every bounded in-process map is, by name (``/status`` "bounds")."""
+        found = self.engine.bounds()
+        found["sources"] = self.guard.bound()
+        stores = self.stores
+        for name, part in (
+            ("claims", stores.calls),
+            ("presence", stores.presence),
+            ("oauth_states", stores.states),
+        ):
+            if isinstance(part, Bounded):
+                found[name] = part.bound()
+        if self.capture is not None:
+            found["capture_queue"] = self.capture.bound()
+        return dict(sorted(found.items()))
 
     async def reload_rules(self, reason: str) -> bool:
         """Reload the rules (SIGHUP); False when the new rules were rejected."""

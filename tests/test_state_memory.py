@@ -20,6 +20,7 @@ from router.state.memory import (
     MemoryPresence,
     MemoryTokenStore,
 )
+from router.state.presence_view import PresenceView
 
 
 def token_set(version: int = 1, access: str = "ACCESS-SECRET") -> TokenSet:
@@ -242,15 +243,30 @@ def test_first_claim_wins_until_expiry() -> None:
 
 
 def test_claims_are_pruned() -> None:
-    """Expired claims are dropped periodically, so the table stays bounded."""
+    """Expired claims leave on the next claim, so the table stays bounded by time."""
     clock = Clock()
-    claims = MemoryCallStore(clock=clock, prune_every_s=60)
+    claims = MemoryCallStore(clock=clock)
     for i in range(1000):
         claims.claim(f"call-{i}", 10)
     assert len(claims) == 1000
-    clock.now += 61
+    clock.now += 5
+    claims.claim("middle", 10)
+    assert len(claims) == 1001
+    clock.now += 6  # the first thousand expired, "middle" has not
     claims.claim("late", 10)
-    assert len(claims) == 1
+    assert len(claims) == 2
+    assert not claims.claim("middle", 10)
+
+
+def test_claims_are_bounded_by_count_oldest_out() -> None:
+    """Past max_claims the oldest claim leaves first; the newest ones still deduplicate."""
+    claims = MemoryCallStore(clock=Clock(), max_claims=100)
+    for i in range(250):
+        assert claims.claim(f"forged-{i}", 30)
+    assert claims.bound() == (100, 100)
+    assert not claims.claim("forged-249", 30)  # recent: still claimed
+    assert claims.claim("forged-0", 30)  # pushed out by the flood: claimable again
+    assert len(claims) == 100
 
 
 async def test_claim_and_read_answers_every_read_with_nothing_stored() -> None:
@@ -288,6 +304,67 @@ async def test_presence_snapshot_is_cached_until_changed() -> None:
     assert presence.busy() is first
     await presence.set_busy("w2", "c2", 3600)
     assert presence.busy() is not first
+
+
+async def test_presence_snapshot_is_kept_when_a_busy_workplace_takes_another_call() -> None:
+    """Only a workplace becoming busy or free makes a new snapshot: no rebuild per call."""
+    presence = MemoryPresence(clock=Clock())
+    await presence.set_busy("w1", "c1", 3600)
+    first = presence.busy()
+    await presence.set_busy("w1", "c2", 3600)
+    await presence.set_free("w1", "c1")
+    assert presence.busy() is first
+    await presence.set_free("w1", "c2")
+    assert presence.busy() == frozenset()
+
+
+async def test_presence_calls_per_workplace_are_bounded_oldest_out() -> None:
+    """Forged connected notifications for one workplace cannot grow it past its limit."""
+    view = PresenceView(Clock(), max_calls_per_workplace=4)
+    for i in range(1000):
+        view.set("w1", f"forged-{i}", 1000.0)
+    assert view.calls("w1") == ("forged-996", "forged-997", "forged-998", "forged-999")
+    assert view.bound().size == 4
+    for i in range(996, 1000):
+        view.set("w1", f"forged-{i}", None)
+    assert view.busy() == frozenset()
+    assert len(view) == 0
+
+
+async def test_presence_workplaces_are_bounded_least_recent_out() -> None:
+    """Past max_workplaces the workplace changed longest ago leaves first."""
+    view = PresenceView(Clock(), max_workplaces=3)
+    for workplace in ("w1", "w2", "w3"):
+        view.set(workplace, "c", 1000.0)
+    view.set("w1", "c2", 1000.0)  # w1 is now the most recently changed
+    view.set("w4", "c", 1000.0)
+    assert view.busy() == {"w1", "w3", "w4"}
+    assert view.bound() == (4, 3 * 32)
+
+
+async def test_presence_expiry_heap_stays_bounded_under_churn() -> None:
+    """Re-setting the same calls over and over does not grow the deadline heap without bound."""
+    clock = Clock()
+    view = PresenceView(clock)
+    for round_ in range(2000):
+        view.set("w1", f"c{round_ % 3}", clock.now + 100 + round_)
+    assert len(view) == 3
+    assert len(view._deadlines) <= 512
+    clock.now += 10_000
+    assert view.busy() == frozenset()
+    assert len(view) == 0
+
+
+async def test_presence_replace_applies_the_bounds() -> None:
+    """A snapshot (from Redis) replaces the view, limits included."""
+    clock = Clock()
+    view = PresenceView(clock, max_calls_per_workplace=2)
+    view.set("old", "c", 1000.0)
+    view.replace([("w1", "a", 150.0), ("w1", "b", 160.0), ("w1", "c", 170.0), ("w2", "d", 0.0)])
+    assert view.busy() == {"w1"}
+    assert view.calls("w1") == ("b", "c")
+    clock.now = 165
+    assert view.calls("w1") == ("c",)
 
 
 async def test_presence_ttl_is_a_safety_net() -> None:

@@ -20,15 +20,19 @@ from typing import Any
 
 import structlog
 
+from router.bounds import Bound
 from router.context import Read
 from router.errors import StorageError
 from router.mtt.tokens import TokenSet
+from router.state.presence_view import PresenceView
 from router.state.protocols import Gathered
 
 FILE_MODE = 0o600
 LOCK_POLL_S = 0.05
 LOCK_WAIT_S = 30.0
 """Longest wait for another process's refresh (its token request times out well before this)."""
+MAX_CLAIMS = 100_000
+"""Call claims held at once: many minutes of any real traffic; a flood pushes the oldest out."""
 
 
 def _log() -> Any:
@@ -191,81 +195,99 @@ class MemoryOAuthStates:
             del self._expires[next(iter(self._expires))]  # dicts keep insertion order: oldest
         self._expires[state] = now + ttl_s
 
+    def bound(self) -> Bound:
+        """States held, and the most there can be."""
+        return Bound(len(self._expires), self._max)
+
     async def redeem(self, state: str) -> bool:
         """True once per ``state``, before it expires."""
         expires = self._expires.pop(state, None)
         return expires is not None and self._clock() < expires
 
 
-class MemoryCallStore:
-    """First claimant of a call id wins; expired claims are pruned so the dict stays bounded.
+class LocalClaims:
+    """Claims of call ids in this process: the first claimant wins while its claim lives.
+
+    Bounded by count and by time: claims leave when they expire (swept from the oldest, every
+    claim having the same TTL in practice) and, past ``max_entries``, the oldest first. A claim
+    matters only while MTT may repeat its ``trying`` (seconds); a flood of forged call ids must
+    not grow it without bound. Worst-case memory: ``max_entries`` call ids of at most 256
+    characters and a float, some 400 bytes each: about 40 MB at the default limit.
+    """
+
+    def __init__(
+        self, max_entries: int = MAX_CLAIMS, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        self.max_entries = max_entries
+        # call id -> expiry, oldest claim first.
+        self._expires: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._expires)
+
+    def bound(self) -> Bound:
+        """Claims held, and the most there can be."""
+        return Bound(len(self._expires), self.max_entries)
+
+    def claim(self, call_id: str, ttl_s: float) -> bool:
+        """True for the first claim of ``call_id`` within ``ttl_s``, False for any other."""
+        now = self._clock()
+        expires = self._expires
+        while expires:
+            oldest = next(iter(expires))
+            if expires[oldest] > now:
+                break
+            del expires[oldest]
+        held = expires.get(call_id)
+        if held is not None and held > now:
+            return False
+        expires.pop(call_id, None)
+        expires[call_id] = now + ttl_s
+        while len(expires) > self.max_entries:
+            del expires[next(iter(expires))]
+        return True
+
+
+class MemoryCallStore(LocalClaims):
+    """:class:`~router.state.protocols.CallStore` of one process: :class:`LocalClaims`.
 
     Memory storage keeps no client map (per-client edits need a shared storage), so every read is
     answered ``None`` at once: the claim and the reads cost no I/O at all.
     """
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.monotonic, prune_every_s: float = 60.0
+        self, *, clock: Callable[[], float] = time.monotonic, max_claims: int = MAX_CLAIMS
     ) -> None:
-        self._clock = clock
-        self._prune_every_s = prune_every_s
-        self._next_prune = clock() + prune_every_s
-        self._expires: dict[str, float] = {}
-
-    def __len__(self) -> int:
-        return len(self._expires)
+        super().__init__(max_claims, clock=clock)
 
     async def claim_and_read(self, call_id: str, ttl_s: float, reads: Sequence[Read]) -> Gathered:
         """Claim ``call_id``; nothing is stored for any read."""
         return Gathered(self.claim(call_id, ttl_s), dict.fromkeys(reads))
 
-    def claim(self, call_id: str, ttl_s: float) -> bool:
-        """True for the first claim of ``call_id`` within ``ttl_s``."""
-        now = self._clock()
-        if now >= self._next_prune:
-            self._expires = {k: exp for k, exp in self._expires.items() if exp > now}
-            self._next_prune = now + self._prune_every_s
-        expires = self._expires.get(call_id)
-        if expires is not None and expires > now:
-            return False
-        self._expires[call_id] = now + ttl_s
-        return True
-
 
 class MemoryPresence:
-    """Workplace -> calls it is on, each with a TTL safety net (a ``finished`` may never come)."""
+    """Who is on a call, in this process only: a bounded :class:`PresenceView`.
+
+    Worst-case memory: that of :class:`~router.state.presence_view.PresenceView`.
+    """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._calls: dict[str, dict[str, float]] = {}
-        self._busy: frozenset[str] | None = None
-        self._valid_until = float("inf")
+        self.view = PresenceView(clock)
+
+    def bound(self) -> Bound:
+        """Entries held, and the most there can be."""
+        return self.view.bound()
 
     async def set_busy(self, workplace: str, call_id: str, ttl_s: float) -> None:
         """``workplace`` is on ``call_id`` for at most ``ttl_s``."""
-        self._calls.setdefault(workplace, {})[call_id] = self._clock() + ttl_s
-        self._busy = None
+        self.view.set(workplace, call_id, self._clock() + ttl_s)
 
     async def set_free(self, workplace: str, call_id: str) -> None:
         """``call_id`` ended on ``workplace``."""
-        calls = self._calls.get(workplace)
-        if calls is not None and calls.pop(call_id, None) is not None:
-            if not calls:
-                del self._calls[workplace]
-            self._busy = None
+        self.view.set(workplace, call_id, None)
 
     def busy(self) -> frozenset[str]:
         """Workplaces on a call now; the same frozenset until something changes or expires."""
-        now = self._clock()
-        if self._busy is None or now >= self._valid_until:
-            soonest = float("inf")
-            for workplace in list(self._calls):
-                calls = {c: exp for c, exp in self._calls[workplace].items() if exp > now}
-                if calls:
-                    self._calls[workplace] = calls
-                    soonest = min(soonest, *calls.values())
-                else:
-                    del self._calls[workplace]
-            self._busy = frozenset(self._calls)
-            self._valid_until = soonest
-        return self._busy
+        return self.view.busy()

@@ -34,7 +34,8 @@ from redis.exceptions import RedisError
 from router.config import Config
 from router.metrics import Metrics
 from router.sources import CLIENTS_SPACE
-from router.state.redis_claims import LocalClaims, RedisCallStore
+from router.state.memory import LocalClaims
+from router.state.redis_claims import RedisCallStore
 from router.state.redis_clients import ClientMap, ImportResult
 from router.state.redis_conn import HealthProbe, RedisHealth, RedisOps, Role, connect
 from router.state.redis_directory import DirectorySnapshot, DirectoryStore

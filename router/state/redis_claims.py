@@ -15,53 +15,24 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import time
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
 
+from router.bounds import Bound
 from router.context import Read
 from router.errors import StorageError
+from router.state.memory import LocalClaims
 from router.state.protocols import Gathered
 from router.state.redis_conn import RedisOps
 
 log = structlog.get_logger("router.state")
 
-LOCAL_CLAIMS_MAX = 100_000
-
 
 def replica_id() -> str:
     """``host:pid``: stored as the owner of claims, to tell replicas apart when debugging."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-class LocalClaims:
-    """In-process claims with expiry, bounded to ``max_entries`` (the oldest go first)."""
-
-    def __init__(self, max_entries: int = LOCAL_CLAIMS_MAX) -> None:
-        self._expiry: OrderedDict[str, float] = OrderedDict()
-        self.max_entries = max_entries
-
-    def claim(self, call_id: str, ttl_s: float) -> bool:
-        """True for the first claim of ``call_id`` within ``ttl_s``, False for any other."""
-        now = time.monotonic()
-        expiry = self._expiry.get(call_id)
-        if expiry is not None and expiry > now:
-            return False
-        self._expiry[call_id] = now + ttl_s
-        self._expiry.move_to_end(call_id)
-        # Claims share one TTL in practice, so expired ones gather at the front.
-        while self._expiry:
-            oldest, oldest_expiry = next(iter(self._expiry.items()))
-            if oldest_expiry > now and len(self._expiry) <= self.max_entries:
-                break
-            del self._expiry[oldest]
-        return True
-
-    def __len__(self) -> int:
-        return len(self._expiry)
 
 
 class HashSpace(Protocol):
@@ -110,6 +81,10 @@ class RedisCallStore:
         self._local = local if local is not None else LocalClaims()
         # Unique per store, not only per process: two stores in one process are two claimants.
         self._owner = f"{replica_id()}:{secrets.token_hex(4)}"
+
+    def bound(self) -> Bound:
+        """Claims held in this process (the fallback), and the most there can be."""
+        return self._local.bound()
 
     async def claim(self, call_id: str, ttl_s: float) -> bool:
         """True for the first claimant of ``call_id`` within ``ttl_s`` on any replica."""

@@ -12,18 +12,23 @@ Keys (``P`` is ``storage_prefix``):
 
 It keeps working while Redis is down: presence keeps and serves its local view, writing the changes
 made meanwhile back to Redis once it answers again.
+
+Worst-case memory: the local view is a :class:`~router.state.presence_view.PresenceView` (its
+bounds); the changes waiting for Redis and those made during a snapshot are each at most
+:data:`UNSYNCED_MAX`. In Redis, every member expires (its TTL) and ended calls after an hour.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 
 import structlog
 
+from router.bounds import Bound
 from router.errors import StorageError
+from router.state.presence_view import PresenceView
 from router.state.redis_conn import RedisOps
 from router.state.redis_pubsub import Subscriber
 
@@ -89,15 +94,13 @@ class RedisPresence:
         self._busy_script = ops.client.register_script(_BUSY_LUA)
         self._free_script = ops.client.register_script(_FREE_LUA)
         self._snapshot_script = ops.client.register_script(_SNAPSHOT_LUA)
-        # workplace -> call id -> expiry (time.monotonic())
-        self._view: dict[str, dict[str, float]] = {}
+        # workplace -> call id -> expiry (time.monotonic()), bounded.
+        self.view = PresenceView(time.monotonic)
         # Changes Redis has not accepted yet: (workplace, call id) -> expiry, or None for "free".
         self._unsynced: dict[tuple[str, str], float | None] = {}
         # While a snapshot is in flight, the changes to replay on top of it.
         self._journal: list[tuple[str, str, float | None]] | None = None
         self._sync_lock = asyncio.Lock()
-        self._busy: frozenset[str] | None = None
-        self._busy_valid_until = math.inf
         self.subscriber = Subscriber(
             ops.client,
             self.channel,
@@ -116,20 +119,13 @@ class RedisPresence:
         """Stop following other replicas."""
         await self.subscriber.aclose()
 
+    def bound(self) -> Bound:
+        """Entries in the local view, and the most there can be."""
+        return self.view.bound()
+
     def busy(self) -> frozenset[str]:
-        """Workplaces on a call now (local view; never blocks, recomputed only after a change)."""
-        now = time.monotonic()
-        if self._busy is None or now >= self._busy_valid_until:
-            busy: set[str] = set()
-            soonest = math.inf
-            for workplace, calls in self._view.items():
-                live = [expiry for expiry in calls.values() if expiry > now]
-                if live:
-                    busy.add(workplace)
-                    soonest = min(soonest, *live)
-            self._busy = frozenset(busy)
-            self._busy_valid_until = soonest
-        return self._busy
+        """Workplaces on a call now (local view; never blocks, never scans)."""
+        return self.view.busy()
 
     def _defer(self, workplace: str, call_id: str, expiry: float | None) -> None:
         """Keep a change for the next sync; bounded, oldest dropped (Redis TTLs cover those)."""
@@ -202,13 +198,12 @@ class RedisPresence:
         finally:
             self._journal = None
         local_now = time.monotonic()
-        view: dict[str, dict[str, float]] = {}
+        entries: list[tuple[str, str, float]] = []
         for member, score in zip(flat[::2], flat[1::2], strict=True):
             workplace, _, call_id = str(member).partition("|")
             remaining_s = (float(score) - float(now_ms)) / 1000
-            view.setdefault(workplace, {})[call_id] = local_now + remaining_s
-        self._view = view
-        self._busy = None
+            entries.append((workplace, call_id, local_now + remaining_s))
+        self.view.replace(entries)
         for workplace, call_id, expiry in journal:
             self._apply(workplace, call_id, expiry)
 
@@ -236,19 +231,9 @@ class RedisPresence:
         return bool(accepted)
 
     def _apply(self, workplace: str, call_id: str, expiry: float | None) -> None:
-        self._busy = None
-        if self._journal is not None:
+        if self._journal is not None and len(self._journal) < UNSYNCED_MAX:
             self._journal.append((workplace, call_id, expiry))
-        now = time.monotonic()
-        calls = self._view.setdefault(workplace, {})
-        if expiry is None:
-            calls.pop(call_id, None)
-        else:
-            calls[call_id] = expiry
-        for stale in [c for c, e in calls.items() if e <= now]:
-            del calls[stale]
-        if not calls:
-            del self._view[workplace]
+        self.view.set(workplace, call_id, expiry)
 
     async def _on_message(self, data: str) -> None:
         try:

@@ -6,7 +6,8 @@ import asyncio
 import json
 import time
 
-from router.state.redis_claims import LocalClaims, RedisCallStore
+from router.state.memory import LocalClaims
+from router.state.redis_claims import RedisCallStore
 from router.state.redis_conn import RedisOps
 from router.state.redis_presence import RedisPresence
 from tests.fixtures.net import RedisServer
