@@ -311,8 +311,9 @@ async def test_wrong_login_is_401_with_the_form_and_one_warning(
         assert status == 401
     lines = [json.loads(x) for x in logs.getvalue().splitlines()]
     refused = [x for x in lines if x["event"] == "admin_login_refused"]
-    assert len(refused) == 1  # the second one within the second is held back
-    assert refused[0]["level"] == "warning"
+    # One line per refusal, at most one a second (the second is held back if it came as fast).
+    assert 1 <= len(refused) <= 2
+    assert {line["level"] for line in refused} == {"warning"}
     assert attempt not in logs.getvalue()
 
 
