@@ -1,12 +1,13 @@
 """The admin listener (loopback by default): metrics, health, readiness, status, OAuth start.
 
 It shares the daemon's :class:`~router.services.Services` with the public app, which owns them.
+Who may use which path (the Host check, ``server.admin_token``, the browser login) is one
+middleware, :class:`~router.admin_auth.AdminAuth`: handlers here check nothing themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from collections.abc import Awaitable
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from router.admin_auth import AdminAuth
 from router.errors import StorageError
 from router.numbers import NumberError, normalize
 from router.services import CONFIG, SERVICES, Services
@@ -130,18 +132,8 @@ async def status(request: web.Request) -> web.Response:
 
 
 def _client_map(request: web.Request) -> ClientStore:
-    """The storage's client map, after checking the bearer token (constant-time compare)."""
-    services = _services(request)
-    token = services.config.server.admin_token
-    assert token is not None  # the routes exist only with a token
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise web.HTTPUnauthorized(
-            text='{"error": "bearer token required"}',
-            content_type="application/json",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    clients = services.stores.clients
+    """The storage's client map (the middleware has checked the token)."""
+    clients = _services(request).stores.clients
     if clients is None:
         raise web.HTTPConflict(
             text='{"error": "per-client edits need a shared storage (storage: redis://)"}',
@@ -209,11 +201,14 @@ async def _storage(awaitable: Awaitable[T]) -> T:
 def create_admin_app(public_app: web.Application) -> web.Application:
     """The admin application; start it after ``public_app``, whose services it reads.
 
-    ``/clients/{number}`` exists only when ``server.admin_token`` is configured.
+    ``/clients/{number}`` (and the login form) exist only when ``server.admin_token`` is
+    configured; then every path but ``/healthz`` and ``/readyz`` needs it.
     """
+    server = public_app[CONFIG].server
     app = web.Application()
     app[PUBLIC_APP] = public_app
-    if public_app[CONFIG].server.admin_token:
+    AdminAuth(server.admin_token, server.admin_listen.host).install(app)
+    if server.admin_token:
         app.router.add_get("/clients/{number}", client_get)
         app.router.add_put("/clients/{number}", client_put)
         app.router.add_delete("/clients/{number}", client_delete)
