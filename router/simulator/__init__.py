@@ -43,9 +43,9 @@ Python API (stable)
     ``numbersChanged`` / ``workplacesChanged``) · ``await notify_vpbx(event_type)`` ·
     ``issue_tokens() -> {access_token, expires_in, refresh_token, scope, token_type}`` ·
     ``revoke_access_tokens()`` · ``expire_access_tokens()`` · ``revoke_refresh_tokens()`` ·
-    ``faults`` (:class:`Faults`: ``set(endpoint, EndpointFault(latency_ms, status, drop, rate,
-    count))``, ``token_endpoint_down(503 | "drop" | None)``, ``storm_401 = N``,
-    ``duplicate_trying = N``, ``clear()``) · ``requests_to(endpoint=None) -> [RequestRecord]`` ·
+    ``faults`` (:class:`Faults`: ``set(endpoint, EndpointFault(latency_ms, status, drop,
+    after_apply, retry_after_s, rate, count))``, ``token_endpoint_down(503 | "drop" | None)``,
+    ``storm_401 = N`` (fresh tokens refused too), ``duplicate_trying = N``, ``clear()``) · ``requests_to(endpoint=None) -> [RequestRecord]`` ·
     ``stats()`` · ``tokens.grants["authorization_code" | "refresh_token" | "direct"]`` ·
     ``await reset()`` · ``pbx`` (numbers, parked, workplaces, terminals, ``is_busy``,
     ``set_terminals(sip_id, [terminal, ...])``, ``answering`` {sip_id: terminal}) ·
@@ -102,10 +102,18 @@ answer?: {sip_id: ms|null}, wait?: true}`` -> 201 ``{"call": {...}}``), ``GET /_
 
     {"clear": true,
      "endpoints": {"transferCall": {"latency_ms": 200, "status": 500, "drop": false,
+                                    "after_apply": false, "retry_after_s": null,
                                     "rate": 1.0, "count": 3},
                    "*": {...}, "token": null},
      "storm_401": 5, "duplicate_trying": 1, "token_endpoint_down": 503 | "drop" | null,
      "revoke_access_tokens": true, "expire_access_tokens": true, "revoke_refresh_tokens": true}
+
+An endpoint fault acts before the work (latency, then ``status`` or a dropped connection, and
+nothing done) unless ``after_apply``: then the work is done and only its answer is delayed,
+replaced by ``status`` or dropped (a gateway failing after MTT did it; a command so answered
+leaves the call "maybe applied"). ``retry_after_s`` is sent with ``status`` as ``Retry-After``.
+``storm_401`` counts requests, so a token refreshed mid-storm is refused too. ``GET`` answers the
+same shape (:mod:`router.simulator.faults`).
 
 Test fixtures (``tests/fixtures/sim.py``): ``sim_config`` (fast timings, window 0.5 s; override
 it in a test module), ``sim`` (a served :class:`Simulator`), ``webhook_sink`` (a

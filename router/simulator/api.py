@@ -17,7 +17,7 @@ from aiohttp import web
 
 from router.simulator.commands import COMMANDS, CommandRefused
 from router.simulator.core import SIM_KEY, Simulator
-from router.simulator.faults import API_ENDPOINTS, CANONICAL
+from router.simulator.faults import API_ENDPOINTS, CANONICAL, NO_FAULT, FaultAction
 from router.simulator.records import RequestRecord
 from router.simulator.wire import ApiErrorWire
 
@@ -62,7 +62,8 @@ async def _body_for_log(request: web.Request) -> Any:
 async def mtt_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """Record each OAuth/API request, then apply faults: latency, drop, 401 storm, status."""
+    """Record each OAuth/API request, then apply faults: latency, drop, 401 storm, status (before
+    the work, or with ``after_apply`` to its answer)."""
     if request.path.startswith("/_sim/"):
         return await handler(request)
     sim = request.app[SIM_KEY]
@@ -79,24 +80,23 @@ async def mtt_middleware(
     )
     sim.record_request(record)
     response: web.StreamResponse | None = None
+    action = NO_FAULT
     if sim.faults.active:
         action = sim.faults.decide(endpoint)
-        if action.latency_s:
-            await asyncio.sleep(action.latency_s)
-        if endpoint in COMMANDS and (action.drop or action.status is not None):
-            # MTT answered without carrying it out (a drop or a 5xx may look applied): classified.
-            sim.commands.unapplied(
-                COMMANDS[endpoint], record.body, None if action.drop else action.status
-            )
-        if action.drop:
-            if request.transport is not None:
-                request.transport.close()
-            # aiohttp cannot write this to the closed transport and lets it go quietly.
-            return web.Response(status=500)
+        if not action.after_apply:
+            if action.latency_s:
+                await asyncio.sleep(action.latency_s)
+            if endpoint in COMMANDS and (action.drop or action.status is not None):
+                # MTT answered without carrying it out (a drop or a 5xx may look applied).
+                sim.commands.unapplied(
+                    COMMANDS[endpoint], record.body, None if action.drop else action.status
+                )
+            if action.drop:
+                return _drop(request)
         if endpoint in API_ENDPOINTS and sim.faults.take_401():
             response = api_error(401, "access token is not valid (simulated 401 storm)")
-        elif action.status is not None:
-            response = _fault_answer(endpoint, action.status)
+        elif action.status is not None and not action.after_apply:
+            response = _fault_answer(endpoint, action.status, action.retry_after_s)
 
     if response is None:
         try:
@@ -104,15 +104,78 @@ async def mtt_middleware(
         except web.HTTPException as exc:
             record.status = exc.status
             raise
+        if action.after_apply:
+            return await _after_work(sim, request, record, action, response)
     record.status = response.status
     return response
 
 
-def _fault_answer(endpoint: str, status: int) -> web.Response:
+def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the connection without an answer (the request's record keeps status 0)."""
+    if request.transport is not None:
+        request.transport.close()
+    # aiohttp cannot write this to the closed transport and lets it go quietly.
+    return web.Response(status=500)
+
+
+async def _after_work(
+    sim: Simulator,
+    request: web.Request,
+    record: RequestRecord,
+    action: FaultAction,
+    response: web.StreamResponse,
+) -> web.StreamResponse:
+    """The work is done (``response``): delay its answer, replace it or drop it."""
+    if (action.drop or action.status is not None) and record.endpoint in COMMANDS:
+        status = None if action.drop else action.status
+        _answer_lost(sim, record.body, status, applied=response.status < 300)
+    if action.latency_s:
+        await asyncio.sleep(action.latency_s)
+    if action.drop:
+        return _drop(request)
+    if action.status is not None:
+        response = _fault_answer(record.endpoint, action.status, action.retry_after_s)
+    record.status = response.status
+    return response
+
+
+def _answer_lost(sim: Simulator, body: Any, status: int | None, *, applied: bool) -> None:
+    """A command went through the desk (``applied``: carried out) but the daemon got ``status``
+    instead of its answer (``None``: nothing at all).
+
+    The daemon cannot know it was applied: a later transfer of the call is not a re-route of its
+    own (a second command is classified by what the call is doing), and after a 5xx or a drop
+    the call is "maybe applied".
+    """
+    params = body.get("params") if isinstance(body, dict) else None
+    ref = params.get("call") if isinstance(params, dict) else None
+    call_id = ref.get("id") if isinstance(ref, dict) else None
+    call = sim.call(call_id) if isinstance(call_id, str) else None
+    if call is None:
+        return
+    if applied and call.commands:
+        call.commands[-1].status = status or 0  # carried out; this is what the daemon got
+        call.sent_to = None
+    if status is None or status >= 500:
+        call.maybe_applied = True
+
+
+def _fault_answer(endpoint: str, status: int, retry_after_s: float | None = None) -> web.Response:
     if endpoint in ("token", "authorize"):
         error = "temporarily_unavailable" if status >= 500 else "invalid_request"
-        return web.json_response({"error": error, "error_description": "simulated"}, status=status)
-    return api_error(status, "simulated fault")
+        response = web.json_response(
+            {"error": error, "error_description": "simulated"}, status=status
+        )
+    else:
+        response = api_error(status, "simulated fault")
+    if retry_after_s is not None:
+        response.headers["Retry-After"] = _seconds(retry_after_s)
+    return response
+
+
+def _seconds(value: float) -> str:
+    """``Retry-After`` seconds: ``2`` for 2.0, ``0.5`` for 0.5 (HTTP has whole seconds only)."""
+    return format(value, "f").rstrip("0").rstrip(".") or "0"
 
 
 def _params(raw: bytes) -> Params:

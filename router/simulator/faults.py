@@ -2,6 +2,16 @@
 
 Endpoints are named as in MTT's document (``transferCall``, ``workPlacesInfo``), plus ``token`` and
 ``authorize`` for OAuth and ``*`` for every endpoint; names match case-insensitively.
+
+An :class:`EndpointFault` acts *before* the work by default: the request waits ``latency_ms``, then
+is answered ``status`` or its connection dropped, and nothing is done (a command so answered is
+classified anyway: a 5xx or a drop marks the call "maybe applied"). With ``after_apply`` the work
+is done first and only its answer suffers: delayed by ``latency_ms`` (a slow answer), replaced by
+``status`` or dropped, as a gateway in front of MTT failing after MTT did the work. The daemon
+then cannot know a command was applied, so the simulator no longer counts a later transfer of that
+call as the daemon's re-route. ``retry_after_s`` goes with ``status`` as a ``Retry-After`` header
+(a 429 or a 503). ``storm_401`` answers the next N API requests 401 whatever the token, a freshly
+refreshed one included (it counts requests, not tokens).
 """
 
 from __future__ import annotations
@@ -36,10 +46,15 @@ class EndpointFault:
     """What to do to requests of one endpoint."""
 
     latency_ms: float = 0.0
+    """Hold the request this long before the work (with ``after_apply``: hold its answer)."""
     status: int | None = None
-    """Answer this HTTP status instead of doing the work."""
+    """Answer this HTTP status instead of doing the work (with ``after_apply``: after it)."""
     drop: bool = False
-    """Close the connection without answering."""
+    """Close the connection without answering (with ``after_apply``: once the work is done)."""
+    after_apply: bool = False
+    """Do the work first, then delay, replace (``status``) or drop its answer."""
+    retry_after_s: float | None = None
+    """Sent with ``status`` as ``Retry-After`` (seconds; a fraction is sent as it is)."""
     rate: float = 1.0
     """Fraction of requests ``status``/``drop`` apply to (latency always applies)."""
     count: int | None = None
@@ -54,6 +69,17 @@ class EndpointFault:
             raise ValueError("rate must be between 0 and 1")
         if self.count is not None and self.count < 1:
             raise ValueError("count must be >= 1")
+        if not isinstance(self.drop, bool) or not isinstance(self.after_apply, bool):
+            raise ValueError("drop and after_apply must be true or false")
+        if self.retry_after_s is not None:
+            if isinstance(self.retry_after_s, bool) or not isinstance(
+                self.retry_after_s, int | float
+            ):
+                raise ValueError("retry_after_s must be a number of seconds")
+            if self.retry_after_s < 0:
+                raise ValueError("retry_after_s must be >= 0")
+            if self.status is None:
+                raise ValueError("retry_after_s goes with a status (429 or 503)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +89,8 @@ class FaultAction:
     latency_s: float = 0.0
     status: int | None = None
     drop: bool = False
+    after_apply: bool = False
+    retry_after_s: float | None = None
 
 
 NO_FAULT = FaultAction()
@@ -129,6 +157,8 @@ class Faults:
             latency_s=fault.latency_ms / 1000.0,
             status=fault.status if hit else None,
             drop=fault.drop and hit,
+            after_apply=fault.after_apply,
+            retry_after_s=fault.retry_after_s if hit else None,
         )
 
     def to_json(self) -> dict[str, Any]:
