@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
@@ -28,6 +29,9 @@ log = structlog.get_logger("router.directory")
 
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
+MIN_INTERVAL_S = 5.0
+"""Refreshes are coalesced: at most one round of fetches per this long, however many
+``numbersChanged``/``workplacesChanged`` arrive (anyone may post them)."""
 KINDS = ("numbers", "workplaces", "terminals")
 """What the directory fetches, in this order, and shares under these names."""
 NOT_FETCHED = "not fetched yet"
@@ -46,11 +50,16 @@ class Directory:
         metrics: Metrics,
         park: Sequence[str] | Literal["all"] = (),
         shared: SharedDirectory | None = None,
+        *,
+        min_interval_s: float = MIN_INTERVAL_S,
     ) -> None:
         self._client = client
         self._metrics = metrics
         self._park = park
         self._shared = shared
+        self._min_interval_s = min_interval_s
+        self.rounds = 0
+        """Rounds of fetches started (each fetches what was asked for since the last one)."""
         self._watch_task: asyncio.Task[None] | None = None
         self.numbers: frozenset[str] | None = None
         """The account's external numbers, normalised; ``None`` while unknown."""
@@ -139,10 +148,21 @@ class Directory:
         self._wake.set()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         delay = RETRY_INITIAL_S
+        last_round = -math.inf
         while True:
             await self._wake.wait()
+            # Coalesce a burst: wait out the interval since the last round; what is asked for
+            # meanwhile joins the pending kinds, and the round after the wait fetches them all.
+            # The wake is cleared only after the wait, so a change announced during the round
+            # (its kind re-added to the pending set) always gets a round of its own.
+            if (wait := last_round + self._min_interval_s - loop.time()) > 0:
+                await asyncio.sleep(wait)
             self._wake.clear()
+            # The first round (the load at start-up) does not hold back the first notification.
+            last_round = loop.time() if self.rounds else -math.inf
+            self.rounds += 1
             try:
                 await self._refresh_pending()
             except NeedsLoginError:

@@ -55,6 +55,8 @@ def manager(
     states: MemoryOAuthStates | None = None,
     clock: Callable[[], float] = time.time,
     poll_s: float = 15.0,
+    min_refresh_interval_s: float = 5.0,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> TokenManager:
     """A token manager on the simulator with memory stores unless given."""
     metrics = metrics or Metrics()
@@ -65,6 +67,8 @@ def manager(
         metrics,
         clock=clock,
         poll_s=poll_s,
+        min_refresh_interval_s=min_refresh_interval_s,
+        monotonic=monotonic,
     )
 
 

@@ -173,3 +173,29 @@ async def test_replicas_share_terminals_and_an_unknown_list(
         await eventually(lambda: numbers(sibling) == known, "the known list adopted")
     finally:
         await sibling.close()
+
+
+async def test_a_burst_of_changes_costs_one_fetch_per_interval_and_the_last_is_fetched(
+    sim: Simulator, client: MttClient
+) -> None:
+    """200 numbersChanged in a burst, the numbers changing all along: fetches are at most one per
+    interval (plus the start-up load), and what the directory ends with is the last change."""
+    directory = Directory(client, Metrics(), min_interval_s=0.5)
+    directory.start()
+    loop = asyncio.get_running_loop()
+    try:
+        await eventually(lambda: directory.numbers is not None, "numbers loaded")
+        started = loop.time()
+        for i in range(200):
+            sim.pbx.set_numbers([NUMBER, f"7800555{i:04d}"])
+            directory.request_refresh("numbers")
+            await asyncio.sleep(0.005)
+        last = f"7800555{199:04d}"
+        await eventually(lambda: directory.numbers == {NUMBER, last}, "the last change fetched")
+        elapsed = loop.time() - started
+        fetches = len(sim.requests_to("externalNumbersInfo")) - 1  # the start-up load
+        # One round at once, then at most one per 0.5 s of the burst and its tail.
+        assert 2 <= fetches <= 2 + elapsed / 0.5, (fetches, elapsed)
+        assert fetches < 20  # not one per notification
+    finally:
+        await directory.close()

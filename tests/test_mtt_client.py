@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from structlog.testing import capture_logs
 
 from router.config import MttConfig
 from router.errors import (
@@ -25,7 +26,7 @@ from router.errors import (
 from router.events import CallRef
 from router.metrics import Metrics
 from router.mtt.auth import TokenManager
-from router.mtt.client import MttClient, make_session
+from router.mtt.client import MttClient, make_session, retry_after_s
 from router.mtt.models import (
     ExternalNumber,
     Terminal,
@@ -441,9 +442,16 @@ class FakeMtt:
     def __init__(self) -> None:
         self.paths: list[str] = []
         self.answers: dict[str, tuple[int, Any]] = {}
+        self.script: dict[str, list[tuple[int, dict[str, str]]]] = {}
+        """Per path, answers given once each, in order, before ``answers``: (status, headers)."""
 
     async def handle(self, request: web.Request) -> web.Response:
         self.paths.append(request.path)
+        if self.script.get(request.path):
+            status, headers = self.script[request.path].pop(0)
+            return web.json_response(
+                {"error": {"message": "slow down"}}, status=status, headers=headers
+            )
         status, body = self.answers.get(request.path, (404, {"error": {"message": "no route"}}))
         if isinstance(body, str):
             return web.Response(text=body, status=status, content_type="text/html")
@@ -500,6 +508,57 @@ async def test_workplaces_falls_back_to_the_curl_examples_path(
     assert await client.workplaces() == [Workplace("883140777716581", "")]
     assert await client.workplaces() == [Workplace("883140777716581", "")]
     assert fake.paths == ["/workPlacesInfo", "/workplacesInfo", "/workplacesInfo"]
+
+
+async def test_429_is_retried_after_retry_after_within_the_deadline(
+    session: aiohttp.ClientSession, tokens: TokenManager, fake_mtt: tuple[FakeMtt, str]
+) -> None:
+    """A 429 (not applied) with a Retry-After that fits: the same command again, after it."""
+    fake, url = fake_mtt
+    fake.script["/transferCall"] = [(429, {"Retry-After": "0.2"})]
+    fake.answers["/transferCall"] = (200, {"result": {"success": 1}})
+    client = MttClient(session, url, tokens, Metrics())
+    with capture_logs() as logs:
+        await client.transfer_call(DOC_CALL, "1", DOC_TRANSPORT, deadline=deadline_in(3))
+    assert fake.paths == ["/transferCall", "/transferCall"]
+    [throttled] = [e for e in logs if e["event"] == "mtt_throttled"]
+    assert (throttled["retry_after"], throttled["retrying"]) == ("0.2", True)
+
+
+async def test_429_past_the_deadline_is_a_refusal_at_once(
+    session: aiohttp.ClientSession, tokens: TokenManager, fake_mtt: tuple[FakeMtt, str]
+) -> None:
+    """A Retry-After beyond the deadline: no wait, no retry; the 4xx it is (next candidate)."""
+    fake, url = fake_mtt
+    fake.script["/transferCall"] = [(429, {"Retry-After": "30"})]
+    metrics = Metrics()
+    client = MttClient(session, url, tokens, metrics)
+    with pytest.raises(ClientRequestError) as info:
+        await client.transfer_call(DOC_CALL, "1", DOC_TRANSPORT, deadline=deadline_in(3))
+    assert info.value.status == 429
+    assert fake.paths == ["/transferCall"]
+    counted = metrics.registry.get_sample_value(
+        "mtt_router_api_requests_total", {"method": "transferCall", "code": "429"}
+    )
+    assert counted == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("2", 2.0),
+        (" 1.5 ", 1.5),
+        ("-3", 0.0),
+        ("Thu, 01 Jan 1970 00:00:10 GMT", 7.0),
+        ("Thu, 01 Jan 1970 00:00:01 GMT", 0.0),
+        ("soon", None),
+        ("٣", None),
+    ],
+)
+def test_retry_after_header_forms(header: str | None, expected: float | None) -> None:
+    """Delta seconds or an HTTP date; anything else is unreadable (``None``)."""
+    assert retry_after_s(header, now=3.0) == expected
 
 
 async def test_make_call_without_call_id_is_an_error(

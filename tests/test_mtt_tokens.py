@@ -40,6 +40,16 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     await session.close()
 
 
+class FakeMonotonic:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def refreshes(sim: Simulator) -> int:
     """Refresh grants the simulator has answered."""
     return sim.tokens.grants["refresh_token"]
@@ -183,6 +193,33 @@ async def test_second_401_does_not_loop(session: aiohttp.ClientSession, sim: Sim
     assert info.value.status == 401
     assert len(sim.requests_to("terminalsInfo")) == 2
     assert refreshes(sim) == 1
+
+
+async def test_a_401_storm_refreshes_at_most_once_per_interval(
+    session: aiohttp.ClientSession, sim: Simulator
+) -> None:
+    """MTT refusing every token, fresh ones too: calls fail with AuthError, and the storm costs
+    one refresh per interval, not one per call (no refresh loop); after it, 401s refresh again."""
+    clock = FakeMonotonic()
+    metrics = Metrics()
+    tm = manager(session, sim, MemoryTokenStore(issued_set(sim)), metrics=metrics, monotonic=clock)
+    await tm.load()
+    client = MttClient(session, sim.url, tm, metrics)
+    sim.faults.storm_401 = 1000
+    with json_logs() as logs:
+        for _ in range(20):
+            with pytest.raises(AuthError):
+                await client.terminals()
+    assert refreshes(sim) == 1
+    # The first call: 401, refresh, 401 again; the other 19: one 401 each, no retry.
+    assert len(sim.requests_to("terminalsInfo")) == 2 + 19
+    assert sample(metrics, "mtt_router_token_refreshes_total", result="throttled") == 19
+    refused = [line for line in logs.getvalue().splitlines() if "token_refused_fresh" in line]
+    assert len(refused) == 1  # one line a second, however many 401s
+    clock.now += 5.0
+    with pytest.raises(AuthError):
+        await client.terminals()
+    assert refreshes(sim) == 2
 
 
 async def test_concurrent_401s_share_one_refresh(
@@ -397,7 +434,8 @@ async def test_no_token_or_secret_in_logs_or_reprs(
 ) -> None:
     """Login, refresh, 401 and needs-login log no token and no client secret."""
     store = FileTokenStore(tmp_path / "tokens.json")
-    tm = manager(session, sim, store, poll_s=0.02)
+    # Three 401 refreshes in a row: no interval between them here.
+    tm = manager(session, sim, store, poll_s=0.02, min_refresh_interval_s=0)
     client = MttClient(session, sim.url, tm, Metrics())
     with json_logs() as logs:
         await tm.start()

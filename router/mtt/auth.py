@@ -22,7 +22,7 @@ from typing import Any
 from router.metrics import Metrics
 from router.mtt.oauth import OAuthClient
 from router.mtt.refresher import Refresher
-from router.mtt.token_grants import STATE_TTL_S, TokenGrants
+from router.mtt.token_grants import MIN_REFRESH_INTERVAL_S, STATE_TTL_S, TokenGrants
 from router.mtt.token_state import TokenState
 from router.mtt.tokens import TokenSet
 from router.state.protocols import OAuthStateStore, TokenStore
@@ -43,6 +43,8 @@ class TokenManager:
         clock: Callable[[], float] = time.time,
         poll_s: float = 15.0,
         refresh_timeout_s: float = 10.0,
+        min_refresh_interval_s: float = MIN_REFRESH_INTERVAL_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = TokenState(store, metrics, clock=clock)
         # STATE_TTL_S is read here, not in TokenGrants, so that one setting (or a test's patch of
@@ -55,6 +57,8 @@ class TokenManager:
             metrics,
             refresh_timeout_s=refresh_timeout_s,
             state_ttl_s=STATE_TTL_S,
+            min_refresh_interval_s=min_refresh_interval_s,
+            monotonic=monotonic,
         )
         self._poll_s = poll_s
         self._refresher: Refresher | None = None

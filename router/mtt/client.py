@@ -7,7 +7,10 @@
   up to a whole second). Retries and token refreshes happen inside that same deadline.
 * Retries: reads and ``setParkingNumbers`` (idempotent) on 5xx and connection errors; writes only
   when the connection could not even be opened (MTT cannot have applied them). A 401 refreshes the
-  token once and retries once; a second 401 is an :class:`AuthError`.
+  token once and retries once; a second 401 is an :class:`AuthError` (and a 401 storm costs one
+  refresh per few seconds: :mod:`router.mtt.token_grants`). A 429 (not applied) is retried after
+  its ``Retry-After`` when that still fits before the deadline, else it is the 4xx it is: a
+  command is never retried past the decision budget.
 * Errors are typed (:mod:`router.errors`): timeout, connection, auth, client 4xx with MTT's
   message (also for a 200 carrying ``"success": 0`` or an ``error`` object), server 5xx.
 """
@@ -15,6 +18,8 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
@@ -32,6 +37,7 @@ from router.errors import (
     UpstreamTimeoutError,
 )
 from router.events import CallRef
+from router.log_limit import LineLimiter
 from router.metrics import Metrics
 from router.mtt._http import connection_error, decode_json, error_message
 from router.mtt.auth import TokenManager
@@ -72,6 +78,7 @@ RETRY_BASE_S = 0.05
 RETRY_MAX_S = 1.0
 MIN_ATTEMPT_S = 0.05
 """A retry is not started with less than this left before the deadline: it could not finish."""
+TOO_MANY_REQUESTS = 429
 
 _JSON = "application/json"
 
@@ -132,6 +139,7 @@ class MttClient:
         # Rebuilt only when the token changes (every ~2 h), not per request.
         self._headers: dict[bool, dict[str, str]] = {}
         self._headers_token = ""
+        self._throttled_lines = LineLimiter()
 
     def __repr__(self) -> str:
         return f"MttClient(api_url={self._base!r})"
@@ -247,7 +255,7 @@ class MttClient:
             if token is None:
                 token = await _within(self._tokens.access_token(), deadline, method)
             try:
-                status, raw = await self._send(method, verb, body, token, deadline)
+                status, raw, retry_after = await self._send(method, verb, body, token, deadline)
             except UpstreamConnectionError as exc:
                 if (idempotent or exc.retryable) and await _backoff(loop, attempt, deadline):
                     continue
@@ -264,11 +272,39 @@ class MttClient:
                 continue
             if status >= 500 and idempotent and await _backoff(loop, attempt, deadline):
                 continue
+            if status == TOO_MANY_REQUESTS and await self._wait_retry_after(
+                method, retry_after, attempt, deadline
+            ):
+                continue
             return _result(method, status, raw)
+
+    async def _wait_retry_after(
+        self, method: str, retry_after: str | None, attempt: int, deadline: float
+    ) -> bool:
+        """After a 429: sleep as MTT asks and return True, or False when the wait (or the next
+        attempt after it) would not fit before ``deadline``."""
+        loop = asyncio.get_running_loop()
+        delay = retry_after_s(retry_after, time.time())
+        if delay is None:
+            delay = min(RETRY_BASE_S * 2 ** (attempt - 1), RETRY_MAX_S)
+        fits = attempt < MAX_ATTEMPTS and loop.time() + delay + MIN_ATTEMPT_S < deadline
+        if (held := self._throttled_lines.allow(loop.time())) is not None:
+            structlog.get_logger("router.mtt").warning(
+                "mtt_throttled",
+                method=method,
+                retry_after=retry_after,
+                retrying=fits,
+                held_back=held,
+            )
+        if not fits:
+            return False
+        await asyncio.sleep(delay)
+        return True
 
     async def _send(
         self, method: str, verb: str, body: bytes | None, token: str, deadline: float
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str | None]:
+        """One request: ``(status, body, Retry-After of a 429)``."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         code = "timeout"
@@ -292,7 +328,11 @@ class MttClient:
             ):
                 raw = await resp.read()
                 code = str(resp.status)
-                return resp.status, raw
+                status = resp.status
+                retry_after = (
+                    resp.headers.get("Retry-After") if status == TOO_MANY_REQUESTS else None
+                )
+                return status, raw, retry_after
         except TimeoutError:
             raise UpstreamTimeoutError(
                 f"{method}: no answer before the deadline", method=method
@@ -332,6 +372,25 @@ async def _backoff(loop: asyncio.AbstractEventLoop, attempt: int, deadline: floa
         return False
     await asyncio.sleep(delay)
     return True
+
+
+def retry_after_s(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date, at ``now``
+    in Unix seconds); ``None`` when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value)) if value.isascii() else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
 
 
 def _result(method: str, status: int, raw: bytes) -> Any:

@@ -21,11 +21,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
-from router.errors import InvalidGrantError, InvalidStateError, NeedsLoginError, UpstreamError
+from router.errors import (
+    AuthError,
+    InvalidGrantError,
+    InvalidStateError,
+    NeedsLoginError,
+    UpstreamError,
+)
+from router.log_limit import LineLimiter
 from router.metrics import Metrics
 from router.mtt.oauth import OAuthClient
 from router.mtt.token_state import TokenState, iso, log, skew
@@ -38,6 +47,9 @@ LOGIN_HINT = "GET /oauth/start on the admin listener, or run `mtt-router auth lo
 """Where the needs-login line sends the operator (both create a fresh ``state`` on demand)."""
 CLOSE_WAIT_S = 10.0
 """On close, an in-flight refresh may finish (its answer must be saved) for this long."""
+MIN_REFRESH_INTERVAL_S = 5.0
+"""A 401 causes no refresh within this long of the last new token: a storm of 401s costs one
+refresh per interval, and MTT refusing fresh tokens too is no refresh loop."""
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -59,6 +71,8 @@ class TokenGrants:
         *,
         refresh_timeout_s: float = 10.0,
         state_ttl_s: float = STATE_TTL_S,
+        min_refresh_interval_s: float = MIN_REFRESH_INTERVAL_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._state = state
         self._oauth = oauth
@@ -69,6 +83,10 @@ class TokenGrants:
         self._state_ttl_s = state_ttl_s
         self._announced_at: float | None = None
         self._refresh_task: asyncio.Task[TokenSet] | None = None
+        self._min_interval_s = min_refresh_interval_s
+        self._monotonic = monotonic
+        self._renewed_at = -math.inf  # monotonic() of the last new set (refresh or login)
+        self._refused_lines = LineLimiter()
 
     def __repr__(self) -> str:
         return f"TokenGrants(state={self._state!r})"
@@ -111,10 +129,28 @@ class TokenGrants:
         tokens = state.tokens
         if tokens is not None and tokens.access_token != used_token:
             return tokens.access_token  # someone already refreshed
-        state.refuse_access(used_token)
         if tokens is None or state.login_required:
+            state.refuse_access(used_token)
             state.update_gauges()
             raise NeedsLoginError("no usable MTT token: run `mtt-router auth login`")
+        now = self._monotonic()
+        if now - self._renewed_at < self._min_interval_s:
+            # MTT refused a token it issued moments ago: another refresh now could only loop.
+            # The token stays in use; the first 401 after the interval refreshes again.
+            self._metrics.token_refreshes.labels("throttled").inc()
+            if (held := self._refused_lines.allow(now)) is not None:
+                log().warning(
+                    "token_refused_fresh",
+                    issued_s_ago=round(now - self._renewed_at, 3),
+                    held_back=held,
+                    hint=f"MTT answered 401 to a new token; at most one refresh per "
+                    f"{self._min_interval_s:g} s",
+                )
+            raise AuthError(
+                "MTT refused a token issued moments ago (401); not refreshing again yet",
+                status=401,
+            )
+        state.refuse_access(used_token)
         return (await self.refresh()).access_token
 
     # -- refresh ----------------------------------------------------------------------------
@@ -178,6 +214,7 @@ class TokenGrants:
                 raise
             tokens = self._next_set(held, answer)
             await state.save_refreshed(tokens, held.version)
+            self._renewed_at = self._monotonic()
             self._metrics.token_refreshes.labels("ok").inc()
             log().info(
                 "token_refreshed",
@@ -221,6 +258,7 @@ class TokenGrants:
             tokens = TokenSet.from_response(answer, now=self._state.now(), version=newest + 1)
             await self._state.save_login(tokens)
         self._announced_at = None
+        self._renewed_at = self._monotonic()
         log().info(
             "login_complete",
             access_expires_at=iso(tokens.access_expires_at),
