@@ -28,7 +28,7 @@ EXAMPLES = {
 
 def connected(call_id: str, workplace: str) -> dict[str, Any]:
     """The document's outgoing ``connected`` example, for ``call_id`` from ``workplace``."""
-    body = copy.deepcopy(EXAMPLES["connected_outgoing"])
+    body: dict[str, Any] = copy.deepcopy(EXAMPLES["connected_outgoing"])
     info = body["result"]["callInfo"]
     info["call"]["id"] = call_id
     info["caller"]["accountId"] = workplace

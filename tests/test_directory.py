@@ -191,7 +191,8 @@ async def test_a_burst_of_changes_costs_one_fetch_per_interval_and_the_last_is_f
             directory.request_refresh("numbers")
             await asyncio.sleep(0.005)
         last = f"7800555{199:04d}"
-        await eventually(lambda: directory.numbers == {NUMBER, last}, "the last change fetched")
+        wanted = frozenset({NUMBER, last})
+        await eventually(lambda: directory.numbers == wanted, "the last change fetched")
         elapsed = loop.time() - started
         fetches = len(sim.requests_to("externalNumbersInfo")) - 1  # the start-up load
         # One round at once, then at most one per 0.5 s of the burst and its tail.
