@@ -61,8 +61,16 @@ async def serve(
     stop = stop if stop is not None else asyncio.Event()
     public = create_app(config, metrics=metrics, clock=clock, config_path=config_path)
     admin = create_admin_app(public)
-    public_runner = web.AppRunner(public, access_log=None, handle_signals=False)
-    admin_runner = web.AppRunner(admin, access_log=None, handle_signals=False)
+    # keepalive_timeout: a connection must bring a whole request head within read_timeout_s
+    # of opening (aiohttp >= 3.14.4 arms it at connect) or of its previous answer, else it is
+    # closed: the header half of server.read_timeout_s (the body half is in server.py).
+    idle_s = config.server.read_timeout_s
+    public_runner = web.AppRunner(
+        public, access_log=None, handle_signals=False, keepalive_timeout=idle_s
+    )
+    admin_runner = web.AppRunner(
+        admin, access_log=None, handle_signals=False, keepalive_timeout=idle_s
+    )
     reloads: set[asyncio.Task[bool]] = set()
     stopping = False
 

@@ -444,3 +444,45 @@ async def test_a_body_that_does_not_arrive_in_time_is_408(start_daemon: StartDae
         writer.close()
     assert status_line.split()[:2] == [b"HTTP/1.1", b"408"]
     assert daemon.sample("mtt_router_rejected_total", reason="timeout") == 1
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"",  # a connection that never says anything
+        b"POST /mtt/events HTTP/1.1\r\nHost: x\r\n",  # headers that never end
+    ],
+    ids=["silent", "slow-headers"],
+)
+async def test_headers_that_do_not_arrive_in_time_close_the_connection(
+    start_daemon: StartDaemon, sent: bytes
+) -> None:
+    """server.read_timeout_s covers the headers too (keep-alive timeout = read_timeout_s): the
+    connection is closed, on a fresh connection and after a request on a kept-alive one."""
+    daemon = await start_daemon(extra={"server": {"read_timeout_s": 1}})
+    url = urlsplit(daemon.events_url)
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(sent)
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the daemon
+    finally:
+        writer.close()
+
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        body = json.dumps(trying("keep-alive-1")).encode()
+        writer.write(
+            f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 10)).split()[1] == b"200"
+        writer.write(sent.replace(b"/mtt/events", url.path.encode()))
+        await writer.drain()
+        rest = await asyncio.wait_for(reader.read(), 10)  # the rest of the 200, then EOF
+        assert b"HTTP/1.1" not in rest  # no second answer: the partial request was cut off
+    finally:
+        writer.close()
+    assert (await daemon.admin("/healthz"))[0] == 200
