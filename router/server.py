@@ -19,6 +19,7 @@ from router.clock import WallClock
 from router.config import Config
 from router.errors import EventShapeError
 from router.events import CallEvent, Event, parse_event
+from router.log_limit import LineLimiter
 from router.metrics import Metrics
 from router.oauth_callback import LoginOutcome, OAuthCallback, add_callback_routes
 from router.services import CLOCK, CONFIG, CONFIG_PATH, METRICS, SERVICES, services_ctx
@@ -46,14 +47,40 @@ class _NotificationCounter:
         child.inc()
 
 
+class _RejectLines:
+    """At most one ``bad_notification`` line a second per kind, with the count held back: a
+    flood of forged or broken posts is counted in full (``rejected_total``), not logged in full."""
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, LineLimiter] = {}
+
+    def allow(self, kind: str, now: float) -> int | None:
+        limiter = self._limiters.get(kind)
+        if limiter is None:
+            if len(self._limiters) >= 64:  # kinds are ours (a handful); never attacker-made
+                return None
+            limiter = self._limiters[kind] = LineLimiter()
+        return limiter.allow(now)
+
+
 NOTIFICATIONS = web.AppKey("notification_counter", _NotificationCounter)
+REJECT_LINES = web.AppKey("reject_lines", _RejectLines)
 
 
 def _bad(
     request: web.Request, status: int, reason: str, kind: str, rejected: str = "bad_request"
 ) -> web.Response:
     request.app[METRICS].rejected.labels("too_large" if status == 413 else rejected).inc()
-    log.warning("bad_notification", status=status, kind=kind, reason=reason, peer=request.remote)
+    now = asyncio.get_running_loop().time()
+    if (held := request.app[REJECT_LINES].allow(kind, now)) is not None:
+        log.warning(
+            "bad_notification",
+            status=status,
+            kind=kind,
+            reason=reason,
+            peer=request.remote,
+            held_back=held,
+        )
     return web.Response(status=status, text=reason + "\n")
 
 
@@ -145,6 +172,7 @@ def create_app(
         app[CLOCK] = clock
     app[METRICS] = metrics if metrics is not None else Metrics()
     app[NOTIFICATIONS] = _NotificationCounter(app[METRICS].notifications)
+    app[REJECT_LINES] = _RejectLines()
     app.cleanup_ctx.append(services_ctx)
     add_callback_routes(app.router, config.mtt.callback_path, oauth_callback)
     app.router.add_post(config.mtt.events_path, events)

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from structlog.testing import capture_logs
 
 from router.mtt import auth
 from router.simulator import EndpointFault, SimConfig
@@ -486,3 +487,20 @@ async def test_headers_that_do_not_arrive_in_time_close_the_connection(
     finally:
         writer.close()
     assert (await daemon.admin("/healthz"))[0] == 200
+
+
+async def test_a_flood_of_bad_posts_is_counted_in_full_and_logged_once_a_second(
+    daemon: RunningDaemon,
+) -> None:
+    """200 malformed posts: every one counted; the log has a line a second (with the count it
+    held back), not 200."""
+    loop = asyncio.get_running_loop()
+    with capture_logs() as logs:
+        started = loop.time()
+        answers = await asyncio.gather(*(daemon.post_event(b"{not json") for _ in range(200)))
+        elapsed = loop.time() - started
+    assert {code for code, _ in answers} == {400}
+    assert daemon.sample("mtt_router_rejected_total", reason="bad_request") == 200
+    lines = [e for e in logs if e["event"] == "bad_notification"]
+    assert 1 <= len(lines) <= 2 + elapsed
+    assert lines[0]["kind"] == "malformed_json"
