@@ -45,7 +45,8 @@ Python API (stable)
     ``revoke_access_tokens()`` · ``expire_access_tokens()`` · ``revoke_refresh_tokens()`` ·
     ``faults`` (:class:`Faults`: ``set(endpoint, EndpointFault(latency_ms, status, drop,
     after_apply, retry_after_s, rate, count))``, ``token_endpoint_down(503 | "drop" | None)``,
-    ``storm_401 = N`` (fresh tokens refused too), ``duplicate_trying = N``, ``clear()``) · ``requests_to(endpoint=None) -> [RequestRecord]`` ·
+    ``storm_401 = N`` (fresh tokens refused too), ``duplicate_trying = N``, ``clear()``) ·
+    ``requests_to(endpoint=None) -> [RequestRecord]`` ·
     ``stats()`` · ``tokens.grants["authorization_code" | "refresh_token" | "direct"]`` ·
     ``await reset()`` · ``pbx`` (numbers, parked, workplaces, terminals, ``is_busy``,
     ``set_terminals(sip_id, [terminal, ...])``, ``answering`` {sip_id: terminal}) ·
