@@ -21,6 +21,7 @@ from router.errors import (
     NeedsLoginError,
     ServerError,
     StorageError,
+    TokenUnavailableError,
     UpstreamConnectionError,
     UpstreamError,
 )
@@ -171,8 +172,8 @@ class Sender:
                 await self._commander.terminate_call(
                     self._call, self._transport_id, deadline=self._deadline
                 )
-        except (NeedsLoginError, StorageError) as exc:
-            # Raised before a request left: no usable token, or the token store failed.
+        except (NeedsLoginError, TokenUnavailableError, StorageError) as exc:
+            # Nothing (more) was sent: no usable token, or the token store failed.
             return Attempt(
                 command,
                 Result.NOT_SENT,

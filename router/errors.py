@@ -76,6 +76,11 @@ class NeedsLoginError(AuthError):
     """No usable token: an operator must authorise the integration again (``auth login``)."""
 
 
+class TokenUnavailableError(UpstreamError):
+    """No token could be had for a request (the token endpoint failed or was too slow): the
+    request was not sent, or was refused (401) and not sent again. Nothing was applied."""
+
+
 class InvalidGrantError(AuthError):
     """The token endpoint refused the code or refresh token (``invalid_grant``)."""
 

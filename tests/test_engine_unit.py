@@ -26,6 +26,7 @@ from router.errors import (
     NeedsLoginError,
     ServerError,
     StorageError,
+    TokenUnavailableError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -409,8 +410,12 @@ async def test_terminate_that_times_out_is_a_missed_window() -> None:
 
 @pytest.mark.parametrize(
     "failure",
-    [NeedsLoginError("no token"), StorageError("redis down")],
-    ids=["needs-login", "token-store-down"],
+    [
+        NeedsLoginError("no token"),
+        StorageError("redis down"),
+        TokenUnavailableError("token endpoint 503", method="transferCall"),
+    ],
+    ids=["needs-login", "token-store-down", "token-endpoint-failing"],
 )
 async def test_nothing_sent_without_a_token(failure: Exception) -> None:
     """No usable token (or its store failed): error, counted, nothing else attempted."""

@@ -19,14 +19,16 @@ from router.errors import (
     ClientRequestError,
     NeedsLoginError,
     ServerError,
+    TokenUnavailableError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamTimeoutError,
 )
 from router.events import CallRef
 from router.metrics import Metrics
+from router.mtt._http import retry_after_s
 from router.mtt.auth import TokenManager
-from router.mtt.client import MttClient, make_session, retry_after_s
+from router.mtt.client import MttClient, make_session
 from router.mtt.models import (
     ExternalNumber,
     Terminal,
@@ -39,7 +41,7 @@ from router.mtt.models import (
 from router.mtt.oauth import OAuthClient
 from router.simulator import EndpointFault, SimConfig, Simulator, serve_simulator
 from router.state.memory import MemoryTokenStore
-from tests.mtt_support import REDIRECT_URI, issued_set, json_logs, manager, sample
+from tests.mtt_support import REDIRECT_URI, expired_set, issued_set, json_logs, manager, sample
 
 SLACK_S = 0.25
 """Allowed lateness past a deadline on a loaded 2-core CI box."""
@@ -434,6 +436,26 @@ async def test_no_token_means_needs_login_and_no_request(
     with pytest.raises(NeedsLoginError):
         await client.transfer_call(DOC_CALL, "1", DOC_TRANSPORT, deadline=deadline_in(1))
     assert sim.requests_to() == []
+
+
+@pytest.mark.parametrize("revoked", [False, True], ids=["expired", "refused-401"])
+async def test_a_failing_token_endpoint_means_not_sent(
+    session: aiohttp.ClientSession, sim: Simulator, revoked: bool
+) -> None:
+    """The token endpoint down while a token is needed (expired, or refused with a 401): the
+    command was not (re)sent, TokenUnavailableError, never the endpoint's 503 as a ServerError
+    (which would read as "MTT may have applied it")."""
+    store = MemoryTokenStore(issued_set(sim) if revoked else expired_set(sim))
+    tm = manager(session, sim, store)
+    await tm.load()
+    client = MttClient(session, sim.url, tm, Metrics())
+    if revoked:
+        sim.revoke_access_tokens()
+    sim.faults.token_endpoint_down(503)
+    with pytest.raises(TokenUnavailableError) as info:
+        await client.transfer_call(DOC_CALL, "1", DOC_TRANSPORT, deadline=deadline_in(2))
+    assert "ServerError" in str(info.value)
+    assert [r.status for r in sim.requests_to("transferCall")] == ([401] if revoked else [])
 
 
 class FakeMtt:

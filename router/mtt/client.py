@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
@@ -32,6 +31,7 @@ from router.errors import (
     AuthError,
     ClientRequestError,
     ServerError,
+    TokenUnavailableError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -39,7 +39,7 @@ from router.errors import (
 from router.events import CallRef
 from router.log_limit import LineLimiter
 from router.metrics import Metrics
-from router.mtt._http import connection_error, decode_json, error_message
+from router.mtt._http import answer_result, connection_error, retry_after_s
 from router.mtt.auth import TokenManager
 from router.mtt.models import (
     ExternalNumber,
@@ -276,7 +276,7 @@ class MttClient:
                 method, retry_after, attempt, deadline
             ):
                 continue
-            return _result(method, status, raw)
+            return answer_result(method, status, raw)
 
     async def _wait_retry_after(
         self, method: str, retry_after: str | None, attempt: int, deadline: float
@@ -351,15 +351,24 @@ class MttClient:
 
 
 async def _within(awaitable: Awaitable[str], deadline: float, method: str) -> str:
-    """Wait for a token no longer than the call's deadline (the refresh itself carries on)."""
+    """Wait for a token no longer than the call's deadline (the refresh itself carries on).
+
+    A refused credential is the :class:`AuthError` it is (needs login, or a throttled refresh);
+    any other failure to get a token means nothing was sent: :class:`TokenUnavailableError`,
+    never the token endpoint's 5xx or timeout, which would read as "MTT may have applied it".
+    """
     try:
         async with asyncio.timeout_at(deadline):
             return await awaitable
-    except UpstreamError:
+    except AuthError:
         raise
+    except UpstreamError as exc:
+        raise TokenUnavailableError(
+            f"{method}: not sent, no token ({type(exc).__name__}: {exc})", method=method
+        ) from exc
     except TimeoutError:
-        raise UpstreamTimeoutError(
-            f"{method}: deadline passed while waiting for a token", method=method
+        raise TokenUnavailableError(
+            f"{method}: not sent, the deadline passed while waiting for a token", method=method
         ) from None
 
 
@@ -372,49 +381,3 @@ async def _backoff(loop: asyncio.AbstractEventLoop, attempt: int, deadline: floa
         return False
     await asyncio.sleep(delay)
     return True
-
-
-def retry_after_s(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or an HTTP date, at ``now``
-    in Unix seconds); ``None`` when absent or unreadable."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value)) if value.isascii() else None
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
-
-
-def _result(method: str, status: int, raw: bytes) -> Any:
-    """The ``result`` of a 2xx answer, or the typed error for anything else."""
-    if status >= 300:
-        message = error_message(raw)
-        text = f"{method}: MTT answered {status}" + (f": {message}" if message else "")
-        if status >= 500:
-            raise ServerError(text, method=method, status=status)
-        raise ClientRequestError(text, method=method, status=status, mtt_message=message)
-    data = decode_json(raw)
-    if raw and data is None:
-        raise ServerError(f"{method}: answer is not JSON", method=method, status=status)
-    if not isinstance(data, dict):
-        return data
-    result = data.get("result", data)
-    if data.get("error") or _failed(data) or _failed(result):
-        message = error_message(raw) or "success: 0"
-        raise ClientRequestError(
-            f"{method}: MTT refused: {message}", method=method, status=status, mtt_message=message
-        )
-    return result
-
-
-def _failed(value: Any) -> bool:
-    """True for an answer that says ``"success": 0`` (or false) in so many words."""
-    return isinstance(value, dict) and "success" in value and value["success"] in (0, False, "0")
