@@ -68,10 +68,13 @@ class DaemonFiles:
         return f"http://{self.admin}"
 
 
-def config_yaml(files: DaemonFiles, sim_url: str, log_level: str) -> str:
-    """The daemon's config: simulator as MTT, memory storage, JSON logs at ``log_level``, and
-    ``log.capture`` into ``files.capture`` when set."""
+def config_yaml(
+    files: DaemonFiles, sim_url: str, log_level: str, max_inflight: int | None = None
+) -> str:
+    """The daemon's config: simulator as MTT, memory storage, JSON logs at ``log_level``,
+    ``log.capture`` into ``files.capture`` when set, ``server.max_inflight`` when given."""
     capture = [] if files.capture is None else [f'  capture: "{files.capture}"']
+    inflight = [] if max_inflight is None else [f"  max_inflight: {max_inflight}"]
     return "\n".join(
         [
             "mtt:",
@@ -83,6 +86,7 @@ def config_yaml(files: DaemonFiles, sim_url: str, log_level: str) -> str:
             "server:",
             f'  listen: "{files.public}"',
             f'  admin_listen: "{files.admin}"',
+            *inflight,
             'storage: "memory"',
             f'tokens_file: "{files.tokens}"',
             "rules:",
@@ -111,9 +115,10 @@ def write_daemon_files(
     tokens: TokenResponse | None,
     log_level: str,
     capture: bool = False,
+    max_inflight: int | None = None,
 ) -> DaemonFiles:
     """Write rules, config and (when given) a tokens file into ``directory``; ``capture`` turns
-    ``log.capture`` on (``capture.jsonl`` there)."""
+    ``log.capture`` on (``capture.jsonl`` there), ``max_inflight`` sets ``server.max_inflight``."""
     directory.mkdir(parents=True, exist_ok=True)
     files = DaemonFiles(
         config=directory / "config.yaml",
@@ -125,7 +130,7 @@ def write_daemon_files(
         admin=admin,
     )
     files.rules.write_text(rules_yaml(workplaces, caller_numbers), encoding="utf-8")
-    files.config.write_text(config_yaml(files, sim_url, log_level), encoding="utf-8")
+    files.config.write_text(config_yaml(files, sim_url, log_level, max_inflight), encoding="utf-8")
     if tokens is not None:
         data = json.dumps(TokenSet.from_response(tokens, version=1).to_json()).encode()
         fd = os.open(files.tokens, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -60,6 +60,8 @@ class BenchSettings:
     workdir: Path | None = None
     capture: bool = False
     """``log.capture`` on in the daemon started here (what capturing costs)."""
+    max_inflight: int | None = None
+    """``server.max_inflight`` of the daemon started here (``None``: the daemon's default)."""
 
     def sim_config(self) -> SimConfig:
         """The simulator: generated workplaces, short calls, the full lifecycle notified."""
@@ -210,11 +212,45 @@ async def wait_ready(
     raise BenchError(f"the daemon was not ready within {READY_TIMEOUT_S:g} s ({last})")
 
 
+@dataclass(frozen=True)
+class Daemon:
+    """A ready daemon under test: where it listens, its pid, how it was started."""
+
+    events_url: str
+    admin_url: str
+    pid: int | None
+    describe: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rig:
+    """The simulator (notifying the daemon), a client session, and the daemon."""
+
+    sim: Simulator
+    http: aiohttp.ClientSession
+    daemon: Daemon
+
+
+@contextlib.asynccontextmanager
+async def bench_rig(settings: BenchSettings, config: SimConfig) -> AsyncIterator[Rig]:
+    """Serve a simulator with ``config``, start (or reach) the daemon, point the one at the
+    other; everything is stopped on exit."""
+    host, port = settings.sim_listen
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        serve_simulator(config, host=host, port=port) as sim,
+        aiohttp.ClientSession(timeout=timeout) as http,
+        _daemon(settings, sim, http) as daemon,
+    ):
+        sim.webhook_url = daemon.events_url
+        yield Rig(sim, http, daemon)
+
+
 @contextlib.asynccontextmanager
 async def _daemon(
     settings: BenchSettings, sim: Simulator, http: aiohttp.ClientSession
-) -> AsyncIterator[tuple[str, int | None, dict[str, Any]]]:
-    """Yield (events URL, pid, description) of a ready daemon: ours, or the one given."""
+) -> AsyncIterator[Daemon]:
+    """A ready daemon: ours, or the one given."""
     if settings.daemon_url is not None:
         admin = (settings.admin_url or "http://127.0.0.1:9100").rstrip("/")
         events = settings.daemon_url
@@ -226,7 +262,7 @@ async def _daemon(
         )
         port = urlsplit(events).port or 80
         pid = settings.daemon_pid or proc.pid_listening_on(port)
-        yield events, pid, {"mode": "external", "events_url": events, "pid": pid}
+        yield Daemon(events, admin, pid, {"mode": "external", "events_url": events, "pid": pid})
         return
     with contextlib.ExitStack() as stack:
         if settings.workdir is not None:
@@ -243,6 +279,7 @@ async def _daemon(
             tokens=sim.issue_tokens(),
             log_level=settings.log_level,
             capture=settings.capture,
+            max_inflight=settings.max_inflight,
         )
         daemon = DaemonProcess(files, settings.daemon_loop)
         await daemon.start()
@@ -257,8 +294,9 @@ async def _daemon(
                 "log_level": settings.log_level,
                 "loop": settings.daemon_loop,
                 "capture": settings.capture,
+                "max_inflight": settings.max_inflight,
             }
-            yield files.events_url, daemon.pid, describe
+            yield Daemon(files.events_url, files.admin_url, daemon.pid, describe)
         finally:
             await daemon.stop()
 
@@ -268,18 +306,12 @@ async def run_bench(
 ) -> BenchReport:
     """Run warm-up and ``settings.repeat`` measured runs; return every run and the medians."""
     say = progress or (lambda _line: None)
-    host, port = settings.sim_listen
     caller_numbers = callers(settings.callers)
     config = settings.sim_config()
     callee = config.numbers[0]
     settle_s = config.parking_window_s + 5.0
-    timeout = aiohttp.ClientTimeout(total=10)
-    async with (
-        serve_simulator(config, host=host, port=port) as sim,
-        aiohttp.ClientSession(timeout=timeout) as http,
-        _daemon(settings, sim, http) as (events_url, pid, daemon),
-    ):
-        sim.webhook_url = events_url
+    async with bench_rig(settings, config) as rig:
+        sim, pid = rig.sim, rig.daemon.pid
         if settings.warmup_s > 0:
             warm = replace(settings, duration_s=settings.warmup_s)
             say(f"warm-up: {warm.rate:g} calls/s for {warm.duration_s:g} s")
@@ -293,7 +325,9 @@ async def run_bench(
                 f"p99 {result.p99_ms} ms, cpu {result.daemon_cpu_ms_per_call} ms/call"
             )
     summary = {k: v for k, v in asdict(settings).items() if k not in ("workdir", "sim_listen")}
-    return BenchReport(settings=summary, runs=runs, median=medians(runs), daemon=daemon)
+    return BenchReport(
+        settings=summary, runs=runs, median=medians(runs), daemon=rig.daemon.describe
+    )
 
 
 async def _measure(
