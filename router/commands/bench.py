@@ -4,6 +4,10 @@ By default everything is started here: the simulator in this process, the daemon
 subprocess (memory storage, generated rules, tokens pre-seeded). ``--daemon-url``/``--admin-url``
 bench a daemon already running instead; its ``oauth_url``/``api_url`` must point at
 ``--sim-listen`` (the bench authorises it through ``/oauth/start`` when needed).
+
+``--soak`` runs minutes at a steady rate and reports the daemon's RSS, open FDs, tasks and maps
+at the start and the end (:mod:`router.bench.soak`); ``--flood N`` posts N forged notifications
+while real calls flow (:mod:`router.bench.flood`).
 """
 
 from __future__ import annotations
@@ -15,11 +19,36 @@ from pathlib import Path
 
 from router import runtime
 from router.bench import BenchError, BenchSettings, run_bench
+from router.bench.flood import MAX_INFLIGHT, FloodReport, FloodSettings, run_flood
+from router.bench.forged import CONCURRENCY
 from router.bench.report import table
+from router.bench.soak import SoakReport, SoakSettings, run_soak
 from router.commands._common import add_json_arg
 from router.exits import Exit
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
+DEFAULTS = {
+    # mode: rate, duration (s), talk (ms), warm-up (s)
+    "bench": (100.0, 10.0, 20.0, 1.0),
+    "soak": (20.0, 300.0, 2000.0, 10.0),
+    "flood": (20.0, 0.0, 200.0, 2.0),
+}
+
+
+def duration(text: str) -> float:
+    """Seconds from ``300``, ``300s``, ``5m`` or ``2.5min``."""
+    value = text.strip().lower()
+    for suffix, scale in (("min", 60.0), ("m", 60.0), ("s", 1.0)):
+        if value.endswith(suffix):
+            value, factor = value[: -len(suffix)], scale
+            break
+    else:
+        factor = 1.0
+    try:
+        return float(value) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 300, 300s, 5m)") from None
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,8 +61,45 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "missed, decision latency at the simulator (p50/p90/p99/max), the daemon's CPU per "
         "routed call and its RSS. With --repeat, the medians.",
     )
-    p.add_argument("--rate", type=float, default=100.0, help="calls per second (default 100)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--soak",
+        action="store_true",
+        help="minutes at a steady rate with whole call lifecycles (answered, released, not "
+        "answered); the daemon's RSS, open FDs, asyncio tasks and maps at start and end, the "
+        "drift, and a reading every --sample-every s (in --json)",
+    )
+    mode.add_argument(
+        "--flood",
+        type=int,
+        metavar="N",
+        help="post N forged trying notifications (every field at its longest) while real calls "
+        "flow: posts/s, real calls' decision latency, the daemon's RSS before/peak/after",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        help="calls per second (default 100; --soak and --flood: 20 real calls/s)",
+    )
+    p.add_argument(
+        "--duration",
+        type=duration,
+        help="seconds per run, or minutes with 'm' (default 10; --soak: 300)",
+    )
+    p.add_argument(
+        "--sample-every", type=float, default=10.0, help="--soak: seconds between readings (10)"
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        help=f"server.max_inflight of the daemon started here (--flood: {MAX_INFLIGHT})",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=CONCURRENCY,
+        help=f"--flood: connections posting at once ({CONCURRENCY})",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs; medians are reported")
     p.add_argument("--workplaces", type=int, default=500, help="simulated workplaces (500)")
     p.add_argument("--callers", type=int, default=5000, help="distinct callers (5000)")
@@ -49,8 +115,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="auto",
         help="event loop of the daemon started here (auto: uvloop when installed)",
     )
-    p.add_argument("--talk-ms", type=float, default=20.0, help="talk time of each call")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured warm-up")
+    p.add_argument(
+        "--talk-ms", type=float, help="talk time of each call (20; --soak 2000, --flood 200)"
+    )
+    p.add_argument(
+        "--warmup", type=float, help="seconds of unmeasured warm-up (1; --soak 10, --flood 2)"
+    )
     p.add_argument("--daemon-url", metavar="URL", help="events URL of a running daemon")
     p.add_argument("--admin-url", metavar="URL", help="admin URL of that daemon")
     p.add_argument("--daemon-pid", type=int, metavar="PID", help="its pid (default: found)")
@@ -78,10 +148,25 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def mode_of(args: argparse.Namespace) -> str:
+    """``bench``, ``soak`` or ``flood``."""
+    return "soak" if args.soak else "flood" if args.flood is not None else "bench"
+
+
 def settings_from(args: argparse.Namespace) -> BenchSettings:
     """The settings the flags describe; ``ValueError`` says what is wrong."""
-    if args.rate <= 0 or args.duration <= 0 or args.repeat < 1:
+    mode = mode_of(args)
+    rate, length, talk_ms, warmup = DEFAULTS[mode]
+    rate = rate if args.rate is None else args.rate
+    length = length if args.duration is None else args.duration
+    if rate <= 0 or (mode != "flood" and length <= 0) or args.repeat < 1:
         raise ValueError("--rate and --duration must be positive, --repeat at least 1")
+    if args.flood is not None and args.flood < 1:
+        raise ValueError("--flood needs at least 1 notification")
+    if args.sample_every <= 0 or args.concurrency < 1:
+        raise ValueError("--sample-every must be positive, --concurrency at least 1")
+    if args.max_inflight is not None and args.max_inflight < 1:
+        raise ValueError("--max-inflight must be at least 1")
     if args.workplaces < 1 or args.callers < 1:
         raise ValueError("--workplaces and --callers must be at least 1")
     if (args.daemon_url is None) != (args.admin_url is None):
@@ -89,15 +174,18 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     if args.capture and args.daemon_url is not None:
         raise ValueError("--capture applies to the daemon started here, not to --daemon-url")
     default_listen = "127.0.0.1:8900" if args.daemon_url else "127.0.0.1:0"
+    max_inflight = args.max_inflight
+    if mode == "flood" and max_inflight is None and args.daemon_url is None:
+        max_inflight = MAX_INFLIGHT
     return BenchSettings(
-        rate=args.rate,
-        duration_s=args.duration,
+        rate=rate,
+        duration_s=length,
         repeat=args.repeat,
         workplaces=args.workplaces,
         callers=args.callers,
         log_level=args.log_level,
-        talk_ms=args.talk_ms,
-        warmup_s=max(0.0, args.warmup),
+        talk_ms=talk_ms if args.talk_ms is None else args.talk_ms,
+        warmup_s=max(0.0, warmup if args.warmup is None else args.warmup),
         daemon_url=args.daemon_url,
         admin_url=args.admin_url,
         daemon_pid=args.daemon_pid,
@@ -105,6 +193,7 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         sim_listen=_listen(args.sim_listen or default_listen),
         workdir=Path(args.workdir) if args.workdir else None,
         capture=args.capture,
+        max_inflight=max_inflight,
     )
 
 
@@ -119,14 +208,23 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return Exit.USAGE
+    progress = None if args.json else _progress
+    done: SoakReport | FloodReport
     try:
-        report = runtime.run(run_bench(settings, progress=None if args.json else _progress))
-    except BenchError as exc:
+        if args.soak:
+            soak = SoakSettings(bench=settings, sample_every_s=args.sample_every)
+            done = runtime.run(run_soak(soak, progress))
+        elif args.flood is not None:
+            flood = FloodSettings(bench=settings, forged=args.flood, concurrency=args.concurrency)
+            done = runtime.run(run_flood(flood, progress))
+        else:
+            report = runtime.run(run_bench(settings, progress=progress))
+    except (BenchError, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return Exit.FAILED
-    except OSError as exc:
-        print(f"bench: {exc}", file=sys.stderr)
-        return Exit.FAILED
+    if args.soak or args.flood is not None:
+        print(json.dumps(done.to_json(), indent=2) if args.json else done.text())
+        return Exit.OK
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
