@@ -70,7 +70,8 @@ async def test_status_shows_every_bound(start_daemon: StartDaemon, tmp_path: Pat
     assert bounds["audit"]["size"] == 1
     assert bounds["answers"]["size"] == 0  # answered: the call left the tracker
     assert bounds["decisions"]["max"] == 50
-    assert isinstance(status["tasks"], int) and status["tasks"] > 0
+    assert isinstance(status["tasks"], int)
+    assert status["tasks"] > 0
 
 
 async def test_presence_only_for_workplaces_the_directory_knows(
