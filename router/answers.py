@@ -39,7 +39,9 @@ class AnswerTracker:
         ttl_s: float = TTL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._counts = {by: metrics.answered.labels(by) for by in ("personal", "fallback", "other")}
+        self._counts = {
+            by: metrics.answered.labels(by) for by in ("personal", "deputy", "fallback", "other")
+        }
         self._nobody = metrics.answered.labels("nobody")
         self._max = max_calls
         self._ttl_s = ttl_s
@@ -57,13 +59,16 @@ class AnswerTracker:
     def decided(self, call_id: str, rules: Rules, decision: Decision) -> None:
         """Remember whose workplaces count as whose for ``call_id``."""
         roles: dict[str, str] = {}
-        for manager_id in rules.fallback:
-            manager = rules.managers.get(manager_id)
-            if manager is not None:
-                roles[manager.workplace] = "fallback"
-        own = rules.managers.get(decision.own) if decision.own is not None else None
-        if own is not None:
-            roles[own.workplace] = "personal"  # the caller's own manager wins a shared workplace
+        # Later roles win a shared workplace: the caller's own manager above all.
+        for role, names in (
+            ("fallback", decision.fallback),
+            ("deputy", (decision.deputy,)),
+            ("personal", (decision.own,)),
+        ):
+            for manager_id in names:
+                manager = rules.managers.get(manager_id) if manager_id is not None else None
+                if manager is not None:
+                    roles[manager.workplace] = role
         now = self._clock()
         self._calls[call_id] = (roles, now + self._ttl_s)
         self._calls.move_to_end(call_id)

@@ -22,6 +22,9 @@ class MatchKind(enum.StrEnum):
 
     CLIENT = "client"
     PREFIX = "prefix"
+    LOOKUP = "lookup"
+    LEARNED = "learned"
+    DEPUTY = "deputy"
     FALLBACK = "fallback"
     NONE = "none"
 

@@ -22,14 +22,22 @@ class ConfigError(RouterError, ValueError):
 class RulesError(RouterError, ValueError):
     """A rules file is invalid; ``problems`` are ``(line, message)`` pairs (line 0: whole file)."""
 
-    def __init__(self, source: str, problems: list[tuple[int, str]]) -> None:
+    def __init__(
+        self,
+        source: str,
+        problems: list[tuple[int, str]],
+        elsewhere: list[tuple[str, int, str]] | None = None,
+    ) -> None:
         self.source = source
         self.problems = sorted(problems)
+        self.elsewhere = list(elsewhere or ())
+        """Problems in another file (the rules' ``clients_file``): ``(path, line, message)``."""
         super().__init__("\n".join(self.lines()))
 
     def lines(self) -> list[str]:
         """Problems as ``PATH:LINE: message`` lines, the format `rules check` prints."""
-        return [f"{self.source}:{line}: {message}" for line, message in self.problems]
+        own = [f"{self.source}:{line}: {message}" for line, message in self.problems]
+        return own + [f"{path}:{line}: {message}" for path, line, message in self.elsewhere]
 
 
 class EventShapeError(RouterError, ValueError):

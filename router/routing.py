@@ -1,11 +1,13 @@
 """The routing decision: caller context + rules -> :class:`Decision`. Pure and fast.
 
 Order (rules/README.md, "How a call is decided"): the candidate sources in the rules' ``order``
-(:mod:`router.sources`: the caller's personal manager from the storage's client map, else
-``rules.clients``; then the manager of the longest matching prefix) -> the fallback managers in
-order -> ``otherwise``. Every candidate that is available becomes a :class:`Target`, in that order;
-the engine transfers to the first and may try the next if MTT refuses. A candidate is skipped,
-with a reason, when off schedule, busy, or at a workplace MTT does not list.
+(:mod:`router.sources`) name the caller's own manager -> his deputy (version 2) -> the line's (or
+the top-level) fallback managers in order -> ``otherwise``. With version 1 every source that names
+someone adds a candidate (client, then prefix); with version 2 the first source that names someone
+decides whose the caller is. Every candidate that is available becomes a :class:`Target`, in that
+order; the engine transfers to the first and may try the next if MTT refuses. A candidate is
+skipped, with a reason, when off schedule, on a calendar day off, absent, busy, or at a workplace
+MTT does not list.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from router.context import CallerContext, MatchKind
+from router.rules.calendar import Calendar
 from router.rules.model import Manager, Otherwise, Rules
 from router.sources import DEFAULT_SOURCES, CandidateSource, in_order
 
@@ -52,6 +55,10 @@ class Decision:
     own: str | None = None
     """The caller's own manager: the first a source named, available or not (the hit rate's
     "personal"); ``None`` when no source named anyone."""
+    deputy: str | None = None
+    """The own manager's deputy (the hit rate's "deputy")."""
+    fallback: tuple[str, ...] = ()
+    """The fallback managers this call had (the line's or the top-level ones)."""
 
     @property
     def target(self) -> Target | None:
@@ -73,25 +80,27 @@ class Decision:
         }
 
 
-def _candidates(
-    context: CallerContext,
-    rules: Rules,
-    chain: Sequence[CandidateSource],
-    reasons: list[str],
+def _named(
+    context: CallerContext, rules: Rules, chain: Sequence[CandidateSource], reasons: list[str]
 ) -> list[tuple[str, MatchKind]]:
-    """Manager ids to consider, in decision order, each with how it was found."""
-    found: list[tuple[str, MatchKind]] = []
+    """The managers the sources name, in ``order``: all of them with version 1 (client, then
+    prefix), only the first with version 2 (the caller's own, then his deputy)."""
     if context.caller is None:
         caller = context.caller_raw
         shown = "missing" if not caller else f"unreadable ({caller!r})"
         reasons.append(f"caller number is {shown}: treated as an unknown caller")
-    else:
-        for source in chain:
-            verdict = source.resolve(context, rules)
-            reasons.extend(verdict.reasons)
-            if verdict.manager is not None:
-                found.append((verdict.manager, source.kind))
-    found.extend((manager, MatchKind.FALLBACK) for manager in rules.fallback)
+        return []
+    found: list[tuple[str, MatchKind]] = []
+    for source in chain:
+        verdict = source.resolve(context, rules)
+        reasons.extend(verdict.reasons)
+        if verdict.manager is not None:
+            found.append((verdict.manager, source.kind))
+            if rules.version >= 2:
+                manager = rules.managers.get(verdict.manager)
+                if manager is not None and manager.deputy is not None:
+                    found.append((manager.deputy, MatchKind.DEPUTY))
+                break
     return found
 
 
@@ -100,13 +109,20 @@ def _unavailable(
     local_now: datetime,
     busy: Collection[str],
     known_workplaces: Collection[str] | None,
+    calendar: Calendar | None,
 ) -> str | None:
     """Why ``manager`` cannot take the call now, or None when available."""
     schedule = manager.schedule
-    if schedule is not None and not schedule.is_open_local(local_now):
-        if local_now.date() in schedule.except_dates:
-            return f"is off schedule ({schedule.name}: {local_now.date()} is a day off)"
+    today = local_now.date()
+    if schedule is not None and not schedule.is_open_local(local_now, calendar):
+        if today in schedule.except_dates:
+            return f"is off schedule ({schedule.name}: {today} is a day off)"
+        if calendar is not None and (holiday := calendar.day_off(today)) is not None:
+            return f"is off: {today} is a day off ({calendar.country}: {holiday})"
         return f"is off schedule ({schedule.name}: {schedule.text})"
+    away = manager.absence_on(today)
+    if away is not None:
+        return f"is absent ({away[0]} to {away[1]})"
     if manager.workplace in busy:
         return f"is busy (workplace {manager.workplace} is on a call)"
     if known_workplaces is not None and manager.workplace not in known_workplaces:
@@ -139,18 +155,26 @@ def decide(
     taken: dict[str, str] = {}  # workplace -> manager already targeted there
     if chain is None:
         chain = in_order(rules, DEFAULT_SOURCES)
-    candidates = _candidates(context, rules, chain, reasons)
-    own = next((m for m, via in candidates if via is not MatchKind.FALLBACK), None)
+    candidates = _named(context, rules, chain, reasons)
+    own = candidates[0][0] if candidates else None
+    deputy = next((m for m, via in candidates if via is MatchKind.DEPUTY), None)
+    fallback, otherwise, line_own = rules.fallback_for(context.callee)
+    if line_own:
+        reasons.append(f"line {context.callee} has its own fallback")
+    candidates.extend((manager, MatchKind.FALLBACK) for manager in fallback)
+    calendar = rules.calendar
     for manager_id, via in candidates:
         if manager_id in seen_managers:
             continue  # e.g. a client's manager who is also the fallback: judged once
         seen_managers.add(manager_id)
         label = manager_id if via is not MatchKind.FALLBACK else f"fallback {manager_id}"
+        if via is MatchKind.DEPUTY:
+            label = f"deputy {manager_id}"
         manager = rules.managers.get(manager_id)
         if manager is None:  # only rules built in code can get here: the loader checks references
             reasons.append(f"{label} is not a known manager")
             continue
-        why_not = _unavailable(manager, local_now, busy, known_workplaces)
+        why_not = _unavailable(manager, local_now, busy, known_workplaces, calendar)
         if why_not is not None:
             reasons.append(f"{label} {why_not}")
         elif manager.workplace in taken:
@@ -161,12 +185,13 @@ def decide(
             reasons.append(f"{label} is available")
             taken[manager.workplace] = manager_id
             targets.append(Target(manager_id, manager.workplace, via))
+    extra = (own, deputy, fallback)
     if targets:
         first = targets[0]
         reasons.append(f"transfer to {first.manager} {first.workplace}")
-        return Decision(Action.TRANSFER, tuple(targets), first.via, tuple(reasons), number, own)
-    if rules.otherwise is Otherwise.WAIT:
+        return Decision(Action.TRANSFER, tuple(targets), first.via, tuple(reasons), number, *extra)
+    if otherwise is Otherwise.WAIT:
         reasons.append("no manager available: wait (otherwise: wait), the PBX routes after parking")
-        return Decision(Action.WAIT, (), MatchKind.NONE, tuple(reasons), number, own)
+        return Decision(Action.WAIT, (), MatchKind.NONE, tuple(reasons), number, *extra)
     reasons.append("no manager available: terminate (otherwise: pbx), the PBX routes it now")
-    return Decision(Action.TERMINATE, (), MatchKind.NONE, tuple(reasons), number, own)
+    return Decision(Action.TERMINATE, (), MatchKind.NONE, tuple(reasons), number, *extra)

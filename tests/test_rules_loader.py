@@ -140,8 +140,8 @@ def test_otherwise_wait() -> None:
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("version: 1", "version: 2", "r.yaml:1: version must be 1 (this format), got 2"),
-        ("version: 1", 'version: "1"', 'r.yaml:1: version must be 1 (this format), got "1" (text)'),
+        ("version: 1", "version: 3", "r.yaml:1: version must be 1 or 2, got 3"),
+        ("version: 1", 'version: "1"', 'r.yaml:1: version must be 1 or 2, got "1" (text)'),
         ('timezone: "Europe/Moscow"', 'timezone: "Europe/Moskva"', "r.yaml:2: unknown timezone"),
         ('timezone: "Europe/Moscow"', "timezone: [x]", "r.yaml:2: timezone must be a single value"),
         (
@@ -198,7 +198,7 @@ def test_missing_version_and_timezone() -> None:
     """version and timezone are required; the problem points at the start of the file."""
     assert problems("managers: {}\n") == [
         'r.yaml:1: timezone is missing (e.g. timezone: "Europe/Moscow")',
-        "r.yaml:1: version is missing (add: version: 1)",
+        "r.yaml:1: version is missing (add: version: 2)",
     ]
 
 
@@ -329,10 +329,10 @@ def test_file_with_bom_loads(tmp_path: Path) -> None:
     path = tmp_path / "rules.yaml"
     path.write_bytes(b"\xef\xbb\xbf" + VALID.encode())
     assert load_rules_file(path).counts()["managers"] == 2
-    path.write_text("version: 2\ntimezone: UTC\n", encoding="utf-8")
+    path.write_text("version: 3\ntimezone: UTC\n", encoding="utf-8")
     with pytest.raises(RulesError) as info:
         load_rules_file(path)
-    assert info.value.lines() == [f"{path}:1: version must be 1 (this format), got 2"]
+    assert info.value.lines() == [f"{path}:1: version must be 1 or 2, got 3"]
 
 
 def test_rules_are_immutable() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from router.commands._groups import Subparsers, add_group
@@ -114,14 +114,31 @@ def _check(args: argparse.Namespace) -> int:
             problems = [{"line": line, "message": message} for line, message in exc.problems]
             _print_json({"path": path, "ok": False, "problems": problems})
             return Exit.FAILED
-        _print_json({"path": path, "ok": True, **_summary(rules)})
+        _print_json({"path": path, "ok": True, **_summary(rules), "warnings": _warnings(rules)})
         return Exit.OK
     loaded = load_rules_or_report(path)
     if loaded is None:
         return Exit.FAILED
     counts = ", ".join(f"{kind}: {count}" for kind, count in loaded.counts().items())
     print(f"{path}: OK ({counts}; otherwise: {loaded.otherwise}; timezone: {loaded.timezone.key})")
+    for warning in _warnings(loaded):
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     return Exit.OK
+
+
+def _warnings(rules: Rules) -> list[str]:
+    """What is valid but worth a look: a calendar that does not know next year's decree yet."""
+    calendar = rules.calendar
+    if calendar is None or not calendar.country:
+        return []
+    next_year = date.today().year + 1
+    if next_year in calendar.decreed_years:
+        return []
+    return [
+        f"calendar {calendar.country}: the installed holidays package has no transferred days "
+        f"for {next_year} (its decree may be missing): upgrade it when the decree is out, and "
+        "add known days with workdays / a schedule's except meanwhile"
+    ]
 
 
 def _summary(rules: Rules) -> dict[str, Any]:

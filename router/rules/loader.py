@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable
 from datetime import date
 from importlib import resources
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import yaml
@@ -20,21 +21,23 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from router.errors import RulesError
 from router.numbers import NumberError, normalize, normalize_prefix
-from router.rules.model import FORMAT_VERSION, Manager, Otherwise, Rules
+from router.rules import sections
+from router.rules.model import FORMAT_VERSION, FORMAT_VERSIONS, Manager, Otherwise, Rules
 from router.rules.nodes import INT_TAG, Checker, is_null, line_of, value_of
-from router.rules.schedule import (
-    WEEKDAYS,
-    Schedule,
-    ScheduleSyntaxError,
-    Span,
-    describe,
-    parse_date,
-    parse_hours,
-    parse_weekdays,
-)
+from router.rules.read_schedule import read_schedule
+from router.rules.schedule import Schedule
 
-TOP_LEVEL_KEYS = ("version", "timezone", "managers", "schedules", "clients", "prefixes", "fallback")
-MANAGER_KEYS = ("workplace", "name", "schedule")
+TOP_LEVEL_KEYS = (
+    "version",
+    "timezone",
+    "managers",
+    "schedules",
+    "clients",
+    "prefixes",
+    "fallback",
+    *sections.V2_KEYS,
+)
+MANAGER_KEYS = ("workplace", "name", "schedule", *sections.MANAGER_V2_KEYS)
 FALLBACK_KEYS = ("managers", "otherwise")
 EXAMPLE_RULES = "example_rules.yaml"  # in router/data/, a copy of rules/example.yaml
 
@@ -42,8 +45,20 @@ _ID = re.compile(r"^\w[\w.-]*$")
 _DIGITS = re.compile(r"^[0-9]+$")
 
 
-def load_rules(text: str, source: str = "<rules>") -> Rules:
-    """Parse and validate rules; raise :class:`RulesError` listing *all* problems, with lines."""
+def load_rules(
+    text: str,
+    source: str = "<rules>",
+    *,
+    base: Path | None = None,
+    clients_text: str | None = None,
+    today: date | None = None,
+) -> Rules:
+    """Parse and validate rules; raise :class:`RulesError` listing *all* problems, with lines.
+
+    ``clients_file`` is read relative to ``base`` (the rules file's folder), or taken from
+    ``clients_text`` when its content travels with the rules (``rules push``); ``today`` picks the
+    years the ``calendar`` is loaded for (default: now).
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -61,9 +76,10 @@ def load_rules(text: str, source: str = "<rules>") -> Rules:
     if not isinstance(root, MappingNode):
         raise RulesError(source, [(line_of(root), "the rules file must be a mapping of keys")])
     check = Checker()
-    rules = _Parser(check, text).parse(root)
-    if check.problems or rules is None:
-        raise RulesError(source, check.problems)
+    parser = _Parser(check, text, base, clients_text, today or date.today())
+    rules = parser.parse(root)
+    if check.problems or parser.file_problems or rules is None:
+        raise RulesError(source, check.problems, parser.file_problems)
     return rules
 
 
@@ -71,9 +87,15 @@ class _Parser:
     """One pass over a rules document; cross-references use *declared* names, so a broken
     manager is reported once and not again at every client that names it."""
 
-    def __init__(self, check: Checker, text: str) -> None:
+    def __init__(
+        self, check: Checker, text: str, base: Path | None, clients_text: str | None, today: date
+    ) -> None:
         self.check = check
         self.text = text
+        self.base = base
+        self.clients_text = clients_text
+        self.today = today
+        self.file_problems: list[tuple[str, int, str]] = []
         self.timezone = ZoneInfo("UTC")  # replaced by the file's; keeps schedules checkable
         self.schedule_names: set[str] = set()
         self.manager_names: set[str] = set()
@@ -87,10 +109,26 @@ class _Parser:
         version = self._version(root, top.get("version"))
         tz_ok = self._timezone(root, top.get("timezone"))
         schedules = self._schedules(value_of(top.get("schedules")))
-        managers = self._managers(value_of(top.get("managers")), schedules)
+        managers_node = value_of(top.get("managers"))
+        # Names first: a deputy may be a manager defined further down.
+        self.manager_names = {key.value for key, _ in Checker().items(managers_node, "managers")}
+        managers = self._managers(managers_node, schedules, version)
         clients = self._numbers(value_of(top.get("clients")), "clients", normalize, "client number")
         prefixes = self._numbers(value_of(top.get("prefixes")), "prefixes", _prefix, "prefix")
         fallback, otherwise = self._fallback(value_of(top.get("fallback")))
+        v2 = sections.read_version2(
+            self.check,
+            top,
+            version=version,
+            manager_ref=self._manager_ref,
+            fallback=self._fallback,
+            managers=self.manager_names,
+            clients=clients,
+            base=self.base,
+            clients_text=self.clients_text,
+            today=self.today,
+        )
+        self.file_problems = list(v2.file_problems)
         if version is None or not tz_ok:
             return None
         return Rules(
@@ -98,11 +136,18 @@ class _Parser:
             timezone=self.timezone,
             managers=managers,
             schedules=schedules,
-            clients=clients,
+            clients={**clients, **v2.file_clients} if v2.file_clients else clients,
             prefixes=prefixes,
             fallback=fallback,
             otherwise=otherwise,
             digest=hashlib.sha256(self.text.encode()).hexdigest()[:12],
+            order=v2.order,
+            calendar=v2.calendar,
+            clients_file=v2.clients_file,
+            learn=v2.learn,
+            lookup=v2.lookup,
+            no_answer=v2.no_answer,
+            lines=v2.lines,
         )
 
     def _known(self, key: ScalarNode, allowed: tuple[str, ...], where: str) -> bool:
@@ -117,16 +162,14 @@ class _Parser:
             self.check.fail(root, f"version is missing (add: version: {FORMAT_VERSION})")
             return None
         node = entry[1]
-        if (
-            isinstance(node, ScalarNode)
-            and node.tag == INT_TAG
-            and node.value == str(FORMAT_VERSION)
-        ):
-            return FORMAT_VERSION
+        if isinstance(node, ScalarNode) and node.tag == INT_TAG:
+            for known in FORMAT_VERSIONS:
+                if node.value == str(known):
+                    return known
         shown = "a list or mapping"
         if isinstance(node, ScalarNode):
             shown = node.value if node.tag == INT_TAG else f'"{node.value}" (text)'
-        self.check.fail(node, f"version must be {FORMAT_VERSION} (this format), got {shown}")
+        self.check.fail(node, f"version must be 1 or 2, got {shown}")
         return None
 
     def _timezone(self, root: Node, entry: tuple[ScalarNode, Node] | None) -> bool:
@@ -156,69 +199,25 @@ class _Parser:
         for key, body in self.check.items(node, "schedules"):
             self.schedule_names.add(key.value)
             if self._name(key, "schedule name"):
-                schedule = self._schedule(key.value, body)
+                schedule = read_schedule(self.check, key.value, body, self.timezone)
                 if schedule is not None:
                     schedules[key.value] = schedule
         return schedules
 
-    def _schedule(self, name: str, node: Node) -> Schedule | None:
-        where = f"schedule {name}"
-        days: list[tuple[Span, ...]] = [()] * 7
-        day_line: dict[int, int] = {}
-        entries: list[tuple[str, tuple[Span, ...]]] = []
-        except_dates: set[date] = set()
-        before = len(self.check.problems)
-        for key, value in self.check.items(node, where):
-            if key.value == "except":
-                for item, text in self.check.texts(value, f"{where}: except"):
-                    try:
-                        except_dates.add(parse_date(text))
-                    except ScheduleSyntaxError as exc:
-                        self.check.fail(item, f"{where}: {exc}")
-                continue
-            try:
-                weekdays = parse_weekdays(key.value)
-            except ScheduleSyntaxError as exc:
-                self.check.fail(key, f"{where}: {exc}")
-                continue
-            hours = [text for _, text in self.check.texts(value, f"{where}: {key.value}")]
-            try:
-                spans = parse_hours(hours)
-            except ScheduleSyntaxError as exc:
-                self.check.fail(value, f"{where}: {exc}")
-                continue
-            for day in weekdays:
-                if day in day_line:
-                    self.check.fail(
-                        key, f"{where}: {WEEKDAYS[day]} is already set on line {day_line[day]}"
-                    )
-                    continue
-                day_line[day] = line_of(key)
-                days[day] = spans
-            entries.append((key.value, spans))
-        if len(self.check.problems) > before:
-            return None
-        return Schedule(
-            name=name,
-            timezone=self.timezone,
-            days=tuple(days),
-            except_dates=frozenset(except_dates),
-            text=describe(entries),
-        )
-
-    def _managers(self, node: Node | None, schedules: dict[str, Schedule]) -> dict[str, Manager]:
+    def _managers(
+        self, node: Node | None, schedules: dict[str, Schedule], version: int | None
+    ) -> dict[str, Manager]:
         managers: dict[str, Manager] = {}
         for key, body in self.check.items(node, "managers"):
-            self.manager_names.add(key.value)
             if not self._name(key, "manager id"):
                 continue
-            manager = self._manager(key, body, schedules)
+            manager = self._manager(key, body, schedules, version)
             if manager is not None:
                 managers[manager.id] = manager
         return managers
 
     def _manager(
-        self, key: ScalarNode, node: Node, schedules: dict[str, Schedule]
+        self, key: ScalarNode, node: Node, schedules: dict[str, Schedule], version: int | None
     ) -> Manager | None:
         where = f"manager {key.value}"
         fields: dict[str, tuple[ScalarNode, Node]] = {}
@@ -253,9 +252,30 @@ class _Parser:
                 )
             elif schedule_name is not None:
                 schedule = schedules.get(schedule_name)
+        deputy, absent = self._manager_v2(key.value, fields, version)
         if len(self.check.problems) > before or workplace is None:
             return None
-        return Manager(id=key.value, workplace=workplace, name=name, schedule=schedule)
+        return Manager(key.value, workplace, name, schedule, deputy, absent)
+
+    def _manager_v2(
+        self, manager: str, fields: dict[str, tuple[ScalarNode, Node]], version: int | None
+    ) -> tuple[str | None, tuple[tuple[date, date], ...]]:
+        where = f"manager {manager}"
+        if version == 1:
+            for name in sections.MANAGER_V2_KEYS:
+                if name in fields:
+                    self.check.fail(fields[name][0], f"{where}: {name} needs version: 2")
+            return None, ()
+        deputy = None
+        if "deputy" in fields and not is_null(fields["deputy"][1]):
+            deputy = self._manager_ref(fields["deputy"][1], f"{where}: deputy")
+            if deputy == manager:
+                self.check.fail(fields["deputy"][1], f"{where}: deputy cannot be {manager} himself")
+                deputy = None
+        absent: tuple[tuple[date, date], ...] = ()
+        if "absent" in fields:
+            absent = sections.absences(self.check, fields["absent"][1], f"{where}: absent")
+        return deputy, absent
 
     def _manager_ref(self, node: Node, where: str) -> str | None:
         manager = self.check.text(node, where)
@@ -294,29 +314,31 @@ class _Parser:
                     result[number] = manager
         return result
 
-    def _fallback(self, node: Node | None) -> tuple[tuple[str, ...], Otherwise]:
+    def _fallback(
+        self, node: Node | None, where: str = "fallback"
+    ) -> tuple[tuple[str, ...], Otherwise]:
         managers: list[str] = []
         otherwise = Otherwise.PBX
-        for key, value in self.check.items(node, "fallback"):
-            if not self._known(key, FALLBACK_KEYS, "fallback: "):
+        for key, value in self.check.items(node, where):
+            if not self._known(key, FALLBACK_KEYS, f"{where}: "):
                 continue
             if key.value == "managers":
                 if is_null(value):
                     continue
-                for item, _ in self.check.texts(value, "fallback.managers"):
-                    manager = self._manager_ref(item, "fallback.managers")
+                for item, _ in self.check.texts(value, f"{where}.managers"):
+                    manager = self._manager_ref(item, f"{where}.managers")
                     if manager is not None and manager in managers:
-                        self.check.fail(item, f'fallback.managers: "{manager}" is listed twice')
+                        self.check.fail(item, f'{where}.managers: "{manager}" is listed twice')
                     elif manager is not None:
                         managers.append(manager)
             else:
-                text = self.check.text(value, "fallback.otherwise")
+                text = self.check.text(value, f"{where}.otherwise")
                 if text is not None:
                     try:
                         otherwise = Otherwise(text)
                     except ValueError:
                         self.check.fail(
-                            value, f'fallback.otherwise must be pbx or wait, got "{text}"'
+                            value, f'{where}.otherwise must be pbx or wait, got "{text}"'
                         )
         return tuple(managers), otherwise
 
@@ -351,7 +373,7 @@ def load_rules_file(path: str | os.PathLike[str]) -> Rules:
         ) from None
     except UnicodeDecodeError as exc:
         raise RulesError(source, [(0, f"the rules file is not UTF-8 text: {exc.reason}")]) from None
-    return load_rules(text, source)
+    return load_rules(text, source, base=Path(source).parent)
 
 
 def example_rules_text() -> str:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
+from router.rules.calendar import Calendar
 from router.rules.schedule import Schedule
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format; version 1 files stay valid as they are (rules/README.md)."""
+FORMAT_VERSIONS = (1, 2)
 
 DEFAULT_ORDER = ("clients", "lookup", "learned", "prefixes")
 """The order candidate sources are consulted in (see :mod:`router.sources`); a name with no
@@ -36,11 +40,60 @@ class Manager:
     workplace: str
     name: str | None = None
     schedule: Schedule | None = None  # None: always available
+    deputy: str | None = None
+    """Tried right after this manager when he is unavailable (version 2)."""
+    absent: tuple[tuple[date, date], ...] = ()
+    """Whole days away, ``(from, to)`` inclusive (version 2)."""
 
     @property
     def label(self) -> str:
         """``ivanov`` or ``ivanov (Иван Иванов)`` for human-readable output."""
         return f"{self.id} ({self.name})" if self.name else self.id
+
+    def absence_on(self, day: date) -> tuple[date, date] | None:
+        """The absence ``day`` falls in, if any."""
+        for first, last in self.absent:
+            if first <= day <= last:
+                return first, last
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Learn:
+    """``learn``: a conversation this long teaches the caller's own manager for ``ttl_days``."""
+
+    min_talk_s: float = 10.0
+    ttl_days: float = 90.0
+    exclude: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """``lookup``: ask the CRM (an HTTP GET) while the call is parked."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout_ms: int = 700
+    cache_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", MappingProxyType(dict(self.headers)))
+
+
+@dataclass(frozen=True, slots=True)
+class NoAnswer:
+    """``no_answer``: re-route a transferred call nobody picks up."""
+
+    after_s: float = 20.0
+    max_hops: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """``lines``: what one external number does differently (its fallback)."""
+
+    fallback: tuple[str, ...] = ()
+    otherwise: Otherwise = Otherwise.PBX
 
 
 def _frozen(mapping: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -66,6 +119,15 @@ class Rules:
     otherwise: Otherwise = Otherwise.PBX
     digest: str = ""
     order: tuple[str, ...] = DEFAULT_ORDER
+    calendar: Calendar | None = None
+    """Days off and moved working days (``calendar``, ``workdays``); ``None``: weekdays only."""
+    clients_file: str | None = None
+    """Where the ``clients_file`` entries were read from (already merged into ``clients``)."""
+    learn: Learn | None = None
+    lookup: Lookup | None = None
+    no_answer: NoAnswer | None = None
+    lines: Mapping[str, Line] = field(default_factory=dict)
+    """Normalised external number -> its own fallback."""
     # Distinct prefix lengths, longest first: a lookup tries at most one dict probe per length.
     _prefix_lengths: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
@@ -77,6 +139,7 @@ class Rules:
         set_(self, "prefixes", _frozen(self.prefixes))
         set_(self, "fallback", tuple(self.fallback))
         set_(self, "order", tuple(self.order))
+        set_(self, "lines", MappingProxyType(dict(self.lines)))
         set_(self, "otherwise", Otherwise(self.otherwise))
         lengths = sorted({len(p) for p in self.prefixes}, reverse=True)
         set_(self, "_prefix_lengths", tuple(lengths))
@@ -91,6 +154,14 @@ class Rules:
                 if manager is not None:
                     return number[:length], manager
         return None
+
+    def fallback_for(self, line: str | None) -> tuple[tuple[str, ...], Otherwise, bool]:
+        """The fallback managers and ``otherwise`` for a call to ``line``, and whether they are
+        the line's own (``lines``) rather than the top-level ones."""
+        own = self.lines.get(line) if line is not None and self.lines else None
+        if own is not None:
+            return own.fallback, own.otherwise, True
+        return self.fallback, self.otherwise, False
 
     def counts(self) -> dict[str, int]:
         """Entries by kind, for the ``mtt_router_rules_entries{kind}`` gauge and status output."""

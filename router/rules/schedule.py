@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -107,6 +108,18 @@ def parse_date(text: str) -> date:
         raise ScheduleSyntaxError(f"bad date {text!r}: use YYYY-MM-DD, e.g. 2027-01-01") from None
 
 
+class DayCalendar(Protocol):
+    """Days off and moved working days (:class:`router.rules.calendar.Calendar`)."""
+
+    def day_off(self, day: date) -> str | None:
+        """Why ``day`` is a day off (a holiday's name), or ``None``."""
+        ...
+
+    def working(self, day: date) -> bool:
+        """True when ``day`` is worked with the mon-fri hours (a moved working day)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Schedule:
     """When a manager works, in ``timezone``; ``days[weekday]`` are spans of shifts starting then.
@@ -128,25 +141,36 @@ class Schedule:
             local = at.astimezone(self.timezone)
         return self.is_open_local(local)
 
-    def is_open_local(self, local: datetime) -> bool:
-        """:meth:`is_open` for a datetime already in ``timezone`` (the decision converts once)."""
+    def is_open_local(self, local: datetime, calendar: DayCalendar | None = None) -> bool:
+        """:meth:`is_open` for a datetime already in ``timezone`` (the decision converts once).
+
+        With a ``calendar``, its days off have no hours and its working days (a transferred
+        working Saturday, the rules' ``workdays``) have the mon-fri hours (Monday's).
+        """
         minute = local.hour * 60 + local.minute
         today = local.date()
-        weekday = local.weekday()
-        if today not in self.except_dates:
-            for start, end in self.days[weekday]:
-                if start <= minute < end:
-                    return True
+        for start, end in self.spans_on(today, calendar):
+            if start <= minute < end:
+                return True
         # A shift that started yesterday may still run (22:00-06:00).
-        yesterday_spans = self.days[weekday - 1]
+        yesterday_spans = self.spans_on(today - timedelta(days=1), calendar)
         if yesterday_spans and yesterday_spans[-1][1] > _MINUTES_PER_DAY:
-            if today - timedelta(days=1) in self.except_dates:
-                return False
             carried = minute + _MINUTES_PER_DAY
             for start, end in yesterday_spans:
                 if start <= carried < end:
                     return True
         return False
+
+    def spans_on(self, day: date, calendar: DayCalendar | None = None) -> tuple[Span, ...]:
+        """The shifts starting on ``day``: none on a day off, Monday's on a moved working day."""
+        if day in self.except_dates:
+            return ()
+        if calendar is not None:
+            if calendar.day_off(day) is not None:
+                return ()
+            if calendar.working(day):
+                return self.days[0]
+        return self.days[day.weekday()]
 
 
 def describe(entries: Iterable[tuple[str, tuple[Span, ...]]]) -> str:
