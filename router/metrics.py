@@ -123,6 +123,24 @@ class Metrics:
             ["by"],
             registry=r,
         )
+        self.reroutes = Counter(
+            "mtt_router_reroutes",
+            "No-answer re-routes (rules no_answer): transferred, failed.",
+            ["result"],
+            registry=r,
+        )
+        self.lookups = Counter(
+            "mtt_router_lookup",
+            "CRM lookups (rules lookup), by result: found, unknown, timeout, error, cached.",
+            ["result"],
+            registry=r,
+        )
+        self.lookup_seconds = Histogram(
+            "mtt_router_lookup_seconds",
+            "Time of a CRM lookup that went out (not the cached ones).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0, 3.5),
+            registry=r,
+        )
         self.callmodel_surprises = Counter(
             "mtt_router_callmodel_surprises",
             "Notification sequences the call model (docs/CALL_MODEL.md) did not expect, by kind.",
