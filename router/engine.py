@@ -50,6 +50,9 @@ from router.views import DirectoryView, RolloutView, RulesView
 
 log = structlog.get_logger("router.engine")
 
+RESERVED_SHARE = 5
+"""One in this many of ``server.max_inflight`` decisions is kept for callers the rules list as
+clients: a flood of unknown callers (forged ones have made-up numbers) sheds before they do."""
 CLAIM_TTL_S = 3600.0
 """How long a call id stays claimed: far longer than any redelivery of the same notification."""
 
@@ -155,11 +158,23 @@ class Engine:
     ) -> None:
         if not self._accepting:
             return
-        if self._max_inflight is not None and self._deciding >= self._max_inflight:
+        cap = self._max_inflight
+        # Near the cap (a flood, forged or not) the last slots are kept for callers the rules
+        # list as clients, whose manager waits for them; anyone else goes to the PBX.
+        if (
+            cap is not None
+            and self._deciding >= cap - max(1, cap // RESERVED_SHARE)
+            and (self._deciding >= cap or not self._listed_client(event))
+        ):
             self._shed(event, received_at)
             return
         self._deciding += 1  # from here: _route's finally gives it back
         self._spawn(self._route(event, received_at, workplaces))
+
+    def _listed_client(self, event: CallEvent) -> bool:
+        loaded = self._rules.current
+        caller = try_normalize(event.caller.number) if loaded is not None else None
+        return caller is not None and loaded is not None and caller in loaded.rules.clients
 
     def _shed(self, event: CallEvent, received_at: float) -> None:
         # Over the cap: no command at all, the PBX routes the call when parking ends.
@@ -302,6 +317,7 @@ class Engine:
                 busy=self._presence.busy(),
                 known_workplaces=workplaces,
                 stored=gathered.values,
+                deadline=received_at + self._budget_s,
             )
             if fetching:
                 context = await self._fetch(context, rules, chain)

@@ -726,6 +726,37 @@ async def test_over_max_inflight_a_call_is_shed_without_a_command() -> None:
     assert (await h.call(call_id="fourth")).outcome is Outcome.TRANSFERRED
 
 
+async def test_the_last_slots_are_kept_for_listed_clients() -> None:
+    """Near max_inflight (a flood of unknown callers), a caller the rules list as a client is
+    still decided; an unknown one is shed; at the cap itself everyone is."""
+    h = make()
+    h.engine = Engine(
+        metrics=h.metrics,
+        commander=h.commander,
+        rules=FakeRules(LoadedRules(load_rules(RULES), 1, "test", 0.0)),
+        directory=h.directory,
+        calls=MemoryCallStore(),
+        presence=h.presence,
+        budget_ms=BUDGET_MS,
+        clock=h.clock,
+        on_decision=h.records.append,
+        max_inflight=5,  # one slot (a fifth) kept for listed clients
+    )
+    h.commander.hold = asyncio.Event()
+    for i in range(6):
+        h.engine.handle(trying(UNKNOWN, f"flood-{i}"), h.clock.t)
+    assert h.count(Outcome.SHED) == 2  # the fifth and sixth unknown callers
+    h.engine.handle(trying(CLIENT, "client-1"), h.clock.t)
+    assert h.count(Outcome.SHED) == 2  # the kept slot
+    h.engine.handle(trying(CLIENT, "client-2"), h.clock.t)
+    assert h.count(Outcome.SHED) == 3  # at the cap: shed too
+    await asyncio.sleep(0)
+    h.commander.hold.set()
+    await h.engine.settle()
+    decided = {r.call_id for r in h.records if r.outcome is Outcome.TRANSFERRED}
+    assert decided == {"flood-0", "flood-1", "flood-2", "flood-3", "client-1"}
+
+
 async def test_a_2xx_whose_body_cannot_be_read_gets_no_second_command() -> None:
     """MTT answered 2xx with a body we could not read: it may have applied the transfer."""
     unreadable = ServerError("transferCall: answer is not JSON", method="transferCall", status=200)
