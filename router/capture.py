@@ -97,7 +97,11 @@ def capture_line(item: Captured) -> bytes:
 
 
 class CaptureWriter:
-    """The capture file and the thread writing it; :meth:`add` is the only hot-path call."""
+    """The capture file and the thread writing it; :meth:`add` is the only hot-path call.
+
+    Worst-case memory of the queue: :data:`QUEUE_MAX_LINES` lines and :data:`QUEUE_MAX_BYTES`
+    of bodies, whichever comes first (past either, a line is dropped and counted).
+    """
 
     def __init__(
         self,

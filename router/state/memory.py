@@ -179,7 +179,11 @@ class FileTokenStore:
 
 
 class MemoryOAuthStates:
-    """Single-use OAuth ``state`` values with a TTL, bounded in number."""
+    """Single-use OAuth ``state`` values with a TTL, bounded in number.
+
+    Worst-case memory: ``max_states`` states of 32 characters and a float (about 150 KB); only
+    the admin listener's ``/oauth/start`` and ``auth login`` make them, never the public one.
+    """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, max_states: int = 1000):
         self._clock = clock

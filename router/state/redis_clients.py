@@ -77,7 +77,12 @@ class ImportResult:
 
 
 class ClientMap:
-    """Number -> manager id, shared by every replica through Redis."""
+    """Number -> manager id, shared by every replica through Redis.
+
+    Worst-case memory of the local cache: ``cache_size`` entries (least recently used out
+    first) of a number (at most 32 digits) and a manager id (at most 128 characters), some
+    300 bytes each: about 30 MB at the default. Keys come from callers, so the limit matters.
+    """
 
     def __init__(
         self,
