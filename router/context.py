@@ -82,6 +82,10 @@ class CallerContext(NamedTuple):
     """Workplaces MTT lists; ``None`` before the first successful fetch (then none is skipped)."""
     stored: Mapping[Read, str | None] = _EMPTY_READS
     fetched: Mapping[str, Verdict] = _EMPTY_FETCHED
+    deadline: float | None = None
+    """When the decision's commands must be sent by, on the engine's monotonic clock (receipt of
+    the ``trying`` plus the decision budget): a fetching source fits its I/O before it. ``None``:
+    no budget (``rules explain``)."""
 
     @classmethod
     def of(

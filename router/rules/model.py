@@ -72,7 +72,8 @@ class Lookup:
     """``lookup``: ask the CRM (an HTTP GET) while the call is parked."""
 
     url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Sent with every request; values may be secrets (``${VAR}``): never shown in a repr."""
     timeout_ms: int = 700
     cache_s: float = 300.0
 
