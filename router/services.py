@@ -29,13 +29,14 @@ from router.directory import Directory
 from router.edge import SourceGuard
 from router.engine import Engine
 from router.errors import ConfigError, StorageError
+from router.lookup import LOOKUP, LookupSource, make_lookup_session
 from router.metrics import Metrics
 from router.mtt.auth import TokenManager
 from router.mtt.client import MttClient, make_session
 from router.mtt.oauth import OAuthClient
 from router.rollout import Rollout
 from router.rules.source import FileRulesSource, RulesHolder, SharedRulesSource
-from router.sources import DEFAULT_SOURCES
+from router.sources import DEFAULT_SOURCES, CandidateSource
 from router.state.factory import Stores, open_stores
 
 log = structlog.get_logger("router")
@@ -61,6 +62,8 @@ class Services:
     config_path: str | None = None
     capture: CaptureWriter | None = None
     """``log.capture``: every POST to ``P/events`` as received (``None``: off)."""
+    lookup: LookupSource | None = None
+    """The CRM lookup (rules ``lookup``), on its own pooled session."""
 
     def bounds(self) -> dict[str, Bound]:
         """How full every bounded in-process map is, by name (``/status`` "bounds")."""
@@ -76,6 +79,8 @@ class Services:
                 found[name] = part.bound()
         if self.capture is not None:
             found["capture_queue"] = self.capture.bound()
+        if self.lookup is not None:
+            found["lookup_cache"] = self.lookup.bound()
         return dict(sorted(found.items()))
 
     async def reload_rules(self, reason: str) -> bool:
@@ -191,6 +196,10 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             stack.push_async_callback(capture.aclose)
         session = make_session()
         stack.push_async_callback(session.close)
+        # The CRM's own pool (rules `lookup`): closed after the engine drained.
+        lookup_session = make_lookup_session()
+        stack.push_async_callback(lookup_session.close)
+        lookup = LookupSource(lookup_session, metrics=metrics)
         stores = await open_stores(config, metrics)
         stack.push_async_callback(stores.aclose)
         tokens = TokenManager(
@@ -234,6 +243,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         rollout = Rollout(config.routing.mode, config.routing.live_numbers)
         if rollout.mode == "shadow" or rollout.live_numbers:
             log.info("rollout", mode=rollout.mode, live_numbers=list(rollout.live_numbers))
+        sources: dict[str, CandidateSource] = dict(DEFAULT_SOURCES)
+        sources[LOOKUP] = lookup
         engine = Engine(
             metrics=metrics,
             commander=mtt,
@@ -244,7 +255,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             budget_ms=config.routing.decision_budget_ms,
             clock=LoopClock(app.get(CLOCK, utc_now)),
             # Sources that need a resource (a CRM lookup's session) are added to these here.
-            sources=DEFAULT_SOURCES,
+            sources=sources,
             rollout=rollout,
             answers=AnswerTracker(metrics),
             max_inflight=config.server.max_inflight,
@@ -268,5 +279,6 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             started_at=time.time(),
             config_path=app.get(CONFIG_PATH),
             capture=capture,
+            lookup=lookup,
         )
         yield

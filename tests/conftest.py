@@ -10,6 +10,7 @@ pytest_plugins = [
     "tests.fixtures.sim",
     "tests.fixtures.daemon",
     "tests.fixtures.replicas",
+    "tests.fixtures.crm",
 ]
 
 
