@@ -143,12 +143,21 @@ def verdict_of(answer: Answer, caller: str, rules: Rules, *, cached: bool = Fals
 
 
 def make_lookup_session(max_inflight: int = MAX_INFLIGHT) -> aiohttp.ClientSession:
-    """The CRM's own pooled session: no cookies, no proxy from the environment, no session-wide
-    timeout (each lookup brings its own), at most ``max_inflight`` connections."""
+    """The CRM's own pooled session (call inside a running loop; the caller closes it): at most
+    ``max_inflight`` connections, no cookies, no session-wide timeout (each lookup brings its
+    own, never rounded up to a second), no proxy from the environment (as for MTT)."""
+    connector = aiohttp.TCPConnector(
+        limit=max_inflight,
+        limit_per_host=max_inflight,
+        ttl_dns_cache=60,
+        timeout_ceil_threshold=3600,
+    )
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=max_inflight, ttl_dns_cache=60),
+        connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=None, ceil_threshold=3600),
+        headers={"User-Agent": "mtt-router", "Accept": "application/json"},
+        raise_for_status=False,
         trust_env=False,
     )
 
