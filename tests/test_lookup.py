@@ -110,9 +110,7 @@ async def test_the_crm_names_the_manager(
     assert metrics.registry.get_sample_value("mtt_router_lookup_seconds_count") == 1
 
 
-async def test_a_caller_with_a_plus_is_encoded(
-    crm: CrmStub, session: aiohttp.ClientSession
-) -> None:
+async def test_the_numbers_are_url_encoded(crm: CrmStub, session: aiohttp.ClientSession) -> None:
     """A number kept with characters a query would misread arrives as it was (URL-encoded)."""
     url = crm.url + "/m?caller={caller}&line={callee}"
     source = LookupSource(session)
