@@ -31,6 +31,7 @@ from router.clock import Clock
 from router.context import CallerContext, Verdict
 from router.dispatch import Commander, Outcome, Sender, carry_out, conclude
 from router.events import CallEvent, CallState, Event, VpbxEvent, VpbxEventType
+from router.learning import LearningTracker
 from router.log_limit import LineLimiter
 from router.metrics import Metrics
 from router.numbers import try_normalize
@@ -95,6 +96,7 @@ class Engine:
         on_decision: Callable[[DecisionRecord], None] | None = None,
         rollout: RolloutView | None = None,
         answers: AnswerTracker | None = None,
+        learning: LearningTracker | None = None,
         audit: CallAudit | None = None,
         max_inflight: int | None = None,
     ) -> None:
@@ -110,6 +112,7 @@ class Engine:
         self._on_decision = on_decision
         self._rollout = rollout
         self._answers = answers
+        self._learning = learning if learning is not None else LearningTracker()
         self._max_inflight = max_inflight
         self._deciding = 0
         self._shed_lines = LineLimiter()
@@ -146,6 +149,7 @@ class Engine:
                 callmodel.workplace_of(event, pbx) if state in callmodel.WORKPLACE_STATES else None
             )
             self._audit.observe(event, received_at, workplace)
+            self._learning.observe(event, workplace, received_at)
             self._track_presence(event, workplace)
         elif isinstance(event, VpbxEvent):
             if event.type is VpbxEventType.NUMBERS_CHANGED:
@@ -326,6 +330,7 @@ class Engine:
                 live = self._rollout.is_live(context.callee)
             if self._answers is not None:
                 self._answers.decided(event.call.id, rules, decision)
+            self._learning.decided(event.call.id, rules, decision)
         sender = Sender(
             self._commander,
             event.call,
@@ -334,6 +339,7 @@ class Engine:
             clock=self._clock.monotonic,
         )
         attempts = await carry_out(decision, sender, live=live)
+        self._learning.carried_out(event.call.id, attempts)
         done = conclude(decision, attempts, live=live)
         return DecisionRecord(
             event.call.id,

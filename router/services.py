@@ -29,6 +29,7 @@ from router.directory import Directory
 from router.edge import SourceGuard
 from router.engine import Engine
 from router.errors import ConfigError, StorageError
+from router.learning import LearningTracker
 from router.lookup import LOOKUP, LookupSource, make_lookup_session
 from router.metrics import Metrics
 from router.mtt.auth import TokenManager
@@ -62,6 +63,8 @@ class Services:
     config_path: str | None = None
     capture: CaptureWriter | None = None
     """``log.capture``: every POST to ``P/events`` as received (``None``: off)."""
+    learning: LearningTracker | None = None
+    """The decided calls followed until they end (rules ``learn``)."""
     lookup: LookupSource | None = None
     """The CRM lookup (rules ``lookup``), on its own pooled session."""
 
@@ -70,15 +73,19 @@ class Services:
         found = self.engine.bounds()
         found["sources"] = self.guard.bound()
         stores = self.stores
-        for name, part in (
+        parts: tuple[tuple[str, object], ...] = (
             ("claims", stores.calls),
             ("presence", stores.presence),
             ("oauth_states", stores.states),
-        ):
+            ("learned", stores.learned),
+        )
+        for name, part in parts:
             if isinstance(part, Bounded):
                 found[name] = part.bound()
         if self.capture is not None:
             found["capture_queue"] = self.capture.bound()
+        if self.learning is not None:
+            found["learning"] = self.learning.bound()
         if self.lookup is not None:
             found["lookup_cache"] = self.lookup.bound()
         return dict(sorted(found.items()))
@@ -200,7 +207,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         lookup_session = make_lookup_session()
         stack.push_async_callback(lookup_session.close)
         lookup = LookupSource(lookup_session, metrics=metrics)
-        stores = await open_stores(config, metrics)
+        stores = await open_stores(config, metrics, background=True)
         stack.push_async_callback(stores.aclose)
         tokens = TokenManager(
             OAuthClient(session, config.mtt, metrics),
@@ -245,6 +252,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             log.info("rollout", mode=rollout.mode, live_numbers=list(rollout.live_numbers))
         sources: dict[str, CandidateSource] = dict(DEFAULT_SOURCES)
         sources[LOOKUP] = lookup
+        learning = LearningTracker(stores.learned, holder)
         engine = Engine(
             metrics=metrics,
             commander=mtt,
@@ -258,6 +266,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             sources=sources,
             rollout=rollout,
             answers=AnswerTracker(metrics),
+            learning=learning,
             max_inflight=config.server.max_inflight,
         )
         # Closed first: in-flight decisions finish (bounded by the budget) while the session,
@@ -280,5 +289,6 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             config_path=app.get(CONFIG_PATH),
             capture=capture,
             lookup=lookup,
+            learning=learning,
         )
         yield

@@ -22,6 +22,9 @@ from router.rules.model import Rules
 
 CLIENTS_SPACE = "clients"
 """The storage map of per-client edits: normalised number -> manager id."""
+LEARNED_SPACE = "learned"
+"""The storage map of what ``learn`` remembered: normalised number -> manager id, each entry
+expiring ``learn.ttl_days`` after the conversation that taught it (:mod:`router.learning`)."""
 
 
 class CandidateSource(Protocol):
@@ -101,8 +104,35 @@ class PrefixSource:
         return Verdict(manager, (f"caller {context.caller} matches prefix {prefix}: {manager}",))
 
 
+class LearnedSource:
+    """The manager the caller last talked to long enough (rules ``learn``), from the storage.
+
+    Names nobody while the rules have no ``learn`` (entries already learned stay stored, unused),
+    and ignores, with a reason, a learned manager the rules no longer know or now ``exclude``.
+    """
+
+    kind = MatchKind.LEARNED
+
+    def reads(self, caller: str) -> tuple[Read, ...]:
+        """The caller's entry in the storage's learned map."""
+        return (Read(LEARNED_SPACE, caller),)
+
+    def resolve(self, context: CallerContext, rules: Rules) -> Verdict:
+        """The learned manager when ``learn`` is on and the rules know him."""
+        number = context.caller
+        assert number is not None
+        learned = context.stored.get(Read(LEARNED_SPACE, number))
+        if learned is None or rules.learn is None:
+            return NOBODY
+        if learned not in rules.managers:
+            return Verdict(None, (f"learned manager {learned!r} for {number} is unknown: ignored",))
+        if learned in rules.learn.exclude:
+            return Verdict(None, (f"learned manager {learned} is in learn.exclude: ignored",))
+        return Verdict(learned, (f"caller {number} talked to {learned} before (learned)",))
+
+
 DEFAULT_SOURCES: Mapping[str, CandidateSource] = MappingProxyType(
-    {"clients": ClientsSource(), "prefixes": PrefixSource()}
+    {"clients": ClientsSource(), "learned": LearnedSource(), "prefixes": PrefixSource()}
 )
 """Sources by the name the rules' ``order`` uses; a name with no source here is skipped."""
 

@@ -57,6 +57,8 @@ async def test_status_shows_every_bound(start_daemon: StartDaemon, tmp_path: Pat
         "capture_queue",
         "claims",
         "decisions",
+        "learned",
+        "learning",
         "lookup_cache",
         "oauth_states",
         "presence",

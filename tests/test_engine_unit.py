@@ -39,6 +39,7 @@ from router.rules.source import LoadedRules
 from router.sources import (
     CLIENTS_SPACE,
     DEFAULT_SOURCES,
+    LEARNED_SPACE,
     CandidateSource,
     ClientsSource,
     PrefixSource,
@@ -529,7 +530,7 @@ async def test_claim_and_every_declared_read_in_one_step() -> None:
     calls = RecordingCalls({read: "petrova"})
     h = make(calls=calls)
     record = await h.call()
-    assert calls.steps == [("c1", (read,))]
+    assert calls.steps == [("c1", (read, Read(LEARNED_SPACE, "79219462761")))]
     assert (record.manager, record.reasons[0]) == (
         "petrova",
         "caller 79219462761 is client of petrova (client store)",

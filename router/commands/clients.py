@@ -1,4 +1,5 @@
-"""``mtt-router clients set|del|get|import|count``: per-client edits in Redis (CRM sync).
+"""``mtt-router clients set|del|get|import|count``: per-client edits in Redis (CRM sync);
+``clients learned|forget``: what rules ``learn`` remembered (``commands/clients_learned.py``).
 
 Each entry maps a caller's number to a personal manager id. With ``rules.source: redis`` and a
 version pushed, manager ids are checked against those rules (an unknown one is refused, exit 1).
@@ -13,6 +14,7 @@ import time
 from functools import partial
 from typing import Any
 
+from router.commands import clients_learned
 from router.commands._common import (
     add_config_arg,
     add_json_arg,
@@ -36,7 +38,8 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
         sub,
         "clients",
         help="per-client edits in Redis: caller number -> personal manager",
-        description="Edit the caller -> personal manager map kept in Redis (storage: redis://).",
+        description="Edit the caller -> personal manager map kept in Redis (storage: redis://); "
+        "show or drop what rules `learn` remembered (either storage).",
     )
 
     p = actions.add_parser("set", help="make MANAGER the personal manager of NUMBER")
@@ -79,6 +82,7 @@ def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
     for action in ("set", "del", "get", "import", "count"):
         actions.choices[action].set_defaults(handler=_run)
+    clients_learned.register(actions)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -6,11 +6,14 @@ Everything else sees :class:`Stores`: one implementation of each seam of
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from router.config import Config
 from router.metrics import Metrics
+from router.sources import LEARNED_SPACE
+from router.state.learned_file import LearnedFile, learned_path
 from router.state.memory import (
     FileTokenStore,
     MemoryCallStore,
@@ -20,6 +23,7 @@ from router.state.memory import (
 from router.state.protocols import (
     CallStore,
     ClientStore,
+    LearnedStore,
     OAuthStateStore,
     Presence,
     SharedDirectory,
@@ -50,6 +54,8 @@ class Stores:
     """Rules pushed with ``mtt-router rules push`` (``rules.source: redis``)."""
     shared_directory: SharedDirectory | None = None
     """The directory one replica fetched, adopted by the others."""
+    learned: LearnedStore | None = None
+    """What rules ``learn`` remembered (Redis, or ``<tokens_file>.learned.json``)."""
     shared: bool = False
     """True when other processes (replicas) share this state: a login may land on any of them."""
     pinger: Callable[[], Awaitable[bool]] = _always_up
@@ -65,8 +71,14 @@ class Stores:
             await self.closers.pop()()
 
 
-async def open_stores(config: Config, metrics: Metrics | None = None) -> Stores:
-    """The stores for ``config.storage``: ``memory`` (tokens in ``tokens_file``) or Redis."""
+async def open_stores(
+    config: Config, metrics: Metrics | None = None, *, background: bool = False
+) -> Stores:
+    """The stores for ``config.storage``: ``memory`` (tokens in ``tokens_file``) or Redis.
+
+    ``background`` (the daemon): memory storage writes what it learns to its file and follows
+    the file's edits by commands.
+    """
     if config.uses_redis:
         redis = await open_redis_stores(config, metrics if metrics is not None else Metrics())
         return Stores(
@@ -78,16 +90,23 @@ async def open_stores(config: Config, metrics: Metrics | None = None) -> Stores:
             clients=redis.clients,
             shared_rules=redis.rules,
             shared_directory=redis.directory,
+            learned=redis.learned,
             shared=True,
             pinger=redis.ping,
             closers=[redis.aclose],
         )
     if metrics is not None:
         metrics.storage_up.set(1)  # memory always answers; 0 would page someone for nothing
+    learned = LearnedFile(learned_path(config.tokens_file))
+    await asyncio.to_thread(learned.load)
+    if background:
+        learned.start()
     return Stores(
         description="memory",
         tokens=FileTokenStore(config.tokens_file),
         states=MemoryOAuthStates(),
-        calls=MemoryCallStore(),
+        calls=MemoryCallStore(spaces={LEARNED_SPACE: learned}),
         presence=MemoryPresence(),
+        learned=learned,
+        closers=[learned.aclose],
     )

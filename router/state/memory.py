@@ -14,9 +14,9 @@ import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -256,18 +256,36 @@ class LocalClaims:
 class MemoryCallStore(LocalClaims):
     """:class:`~router.state.protocols.CallStore` of one process: :class:`LocalClaims`.
 
-    Memory storage keeps no client map (per-client edits need a shared storage), so every read is
-    answered ``None`` at once: the claim and the reads cost no I/O at all.
+    Memory storage keeps no client map (per-client edits need a shared storage): a read is
+    answered from ``spaces`` (in-memory maps: the learned map), anything else ``None``; the claim
+    and the reads cost no I/O at all.
     """
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.monotonic, max_claims: int = MAX_CLAIMS
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_claims: int = MAX_CLAIMS,
+        spaces: Mapping[str, LocalSpace] | None = None,
     ) -> None:
         super().__init__(max_claims, clock=clock)
+        self._spaces = dict(spaces or {})
 
     async def claim_and_read(self, call_id: str, ttl_s: float, reads: Sequence[Read]) -> Gathered:
-        """Claim ``call_id``; nothing is stored for any read."""
-        return Gathered(self.claim(call_id, ttl_s), dict.fromkeys(reads))
+        """Claim ``call_id``; each read answered by its space, if this store keeps it."""
+        spaces = self._spaces
+        if not spaces:
+            return Gathered(self.claim(call_id, ttl_s), dict.fromkeys(reads))
+        values = {r: None if (s := spaces.get(r.space)) is None else s.lookup(r.key) for r in reads}
+        return Gathered(self.claim(call_id, ttl_s), values)
+
+
+class LocalSpace(Protocol):
+    """A storage space held in this process (:class:`~router.state.learned_file.LearnedFile`)."""
+
+    def lookup(self, key: str) -> str | None:
+        """The value stored for ``key``, or ``None``: at once, no I/O."""
+        ...
 
 
 class MemoryPresence:

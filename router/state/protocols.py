@@ -101,6 +101,35 @@ class ClientStore(Protocol):
         ...
 
 
+class Learned(NamedTuple):
+    """One learned entry: the caller's manager, and when it was learned and expires (epoch s)."""
+
+    manager: str
+    learned_at: float
+    expires_at: float
+
+
+class LearnedStore(Protocol):
+    """What rules ``learn`` remembered: caller number -> manager id, each entry with an expiry.
+
+    The decision reads it through :meth:`CallStore.claim_and_read` (space ``learned``), in the
+    same step as the claim; this protocol is how lessons are written and how commands look.
+    """
+
+    def remember(self, number: str, manager: str, ttl_s: float) -> None:
+        """Learn ``manager`` for the normalised ``number`` for ``ttl_s``: never blocks, never
+        raises (written in the background; a storage failure is logged)."""
+        ...
+
+    async def get(self, number: str) -> Learned | None:
+        """The live entry of the normalised ``number``, or ``None``."""
+        ...
+
+    async def forget(self, number: str) -> bool:
+        """Drop the entry of the normalised ``number``; True if there was a live one."""
+        ...
+
+
 class SharedRules(Protocol):
     """Rules versions pushed with ``mtt-router rules push``, followed by every replica."""
 

@@ -19,6 +19,7 @@ key / channel                    what                                           
 ``clients``                      hash number -> manager id                              none
 ``clients:import:<random>``      map being built by ``clients import --replace``        1 h
 ``clients:changed``              channel: number or ``*``                               -
+``learned:<number>``             "<manager> <learned at ms>": rules ``learn``           ttl_days
 ``directory:<kind>``             hash {version, updated_at, json}                       none
 ``directory:changed``            channel: ``<kind>:<version>``                          -
 ===============================  =====================================================  ======
@@ -33,12 +34,13 @@ from redis.exceptions import RedisError
 
 from router.config import Config
 from router.metrics import Metrics
-from router.sources import CLIENTS_SPACE
+from router.sources import CLIENTS_SPACE, LEARNED_SPACE
 from router.state.memory import LocalClaims
 from router.state.redis_claims import RedisCallStore
 from router.state.redis_clients import ClientMap, ImportResult
 from router.state.redis_conn import HealthProbe, RedisHealth, RedisOps, Role, connect
 from router.state.redis_directory import DirectorySnapshot, DirectoryStore
+from router.state.redis_learned import RedisLearned
 from router.state.redis_presence import RedisPresence
 from router.state.redis_rules import RulesStore
 from router.state.redis_tokens import RedisOAuthStateStore, RedisTokenStore
@@ -51,6 +53,7 @@ __all__ = [
     "LocalClaims",
     "RedisCallStore",
     "RedisHealth",
+    "RedisLearned",
     "RedisOAuthStateStore",
     "RedisOps",
     "RedisPresence",
@@ -75,6 +78,7 @@ class RedisStores:
     rules: RulesStore
     clients: ClientMap
     directory: DirectoryStore
+    learned: RedisLearned
     probe: HealthProbe | None = None
 
     async def ping(self) -> bool:
@@ -85,6 +89,7 @@ class RedisStores:
         """Stop the background tasks, then close the connection pool."""
         if self.probe is not None:
             await self.probe.aclose()
+        await self.learned.aclose()
         await self.clients.aclose()
         await self.presence.aclose()
         with contextlib.suppress(RedisError, OSError):
@@ -108,17 +113,19 @@ async def open_redis_stores(
     health = RedisHealth(metrics)
     ops = RedisOps(client, prefix=config.storage_prefix, metrics=metrics, health=health, role=role)
     clients = ClientMap(ops)
+    learned = RedisLearned(ops)
     stores = RedisStores(
         ops=ops,
         health=health,
         tokens=RedisTokenStore(ops),
         states=RedisOAuthStateStore(ops),
         # A space per storage read a candidate source declares (router/sources.py).
-        calls=RedisCallStore(ops, spaces={CLIENTS_SPACE: clients}),
+        calls=RedisCallStore(ops, spaces={CLIENTS_SPACE: clients}, keys={LEARNED_SPACE: learned}),
         presence=RedisPresence(ops),
         rules=RulesStore(ops),
         clients=clients,
         directory=DirectoryStore(ops),
+        learned=learned,
     )
     await ops.ping()
     if background if background is not None else role == "daemon":

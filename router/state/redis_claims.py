@@ -4,7 +4,8 @@ Keys (``P`` is ``storage_prefix``):
 
 - ``P claim:<call id>`` — SET NX PX: the first replica to set it decides the call.
 - the hashes of the spaces read with the claim (``P clients``: see
-  :mod:`router.state.redis_clients`).
+  :mod:`router.state.redis_clients`), and the keys of the key spaces (``P learned:<number>``:
+  see :mod:`router.state.redis_learned`).
 
 While Redis is down a claim falls back to this process's memory (so one replica never decides a
 call twice) and reads are answered from the spaces' caches where they can be.
@@ -59,6 +60,18 @@ class HashSpace(Protocol):
         ...
 
 
+class KeySpace(Protocol):
+    """A storage space kept as one Redis key per entry, read with ``GET`` (not cached)."""
+
+    def key_for(self, field: str) -> str:
+        """The key that holds ``field``'s value."""
+        ...
+
+    def decode(self, raw: Any) -> str | None:
+        """The value a stored string stands for (``None``: nothing)."""
+        ...
+
+
 class RedisCallStore:
     """:class:`~router.state.protocols.CallStore` across replicas: SET NX PX plus HGETs, in one
     pipelined round trip (none for the reads the spaces' caches answer), falling back to memory.
@@ -66,7 +79,8 @@ class RedisCallStore:
     The local claim is taken first and kept, so a call claimed while Redis was up is not claimed
     again here while it is down (and vice versa). While Redis is down, two *different* replicas
     could both claim a call: that is the price of deciding at all. ``spaces`` maps a read's space
-    to the hash that holds it; a read of another space is answered ``None``.
+    to the hash that holds it, ``keys`` a space to its :class:`KeySpace`; a read of another space
+    is answered ``None``.
     """
 
     def __init__(
@@ -74,10 +88,12 @@ class RedisCallStore:
         ops: RedisOps,
         *,
         spaces: Mapping[str, HashSpace] | None = None,
+        keys: Mapping[str, KeySpace] | None = None,
         local: LocalClaims | None = None,
     ) -> None:
         self._ops = ops
         self._spaces = dict(spaces or {})
+        self._keys = dict(keys or {})
         self._local = local if local is not None else LocalClaims()
         # Unique per store, not only per process: two stores in one process are two claimants.
         self._owner = f"{replica_id()}:{secrets.token_hex(4)}"
@@ -96,10 +112,14 @@ class RedisCallStore:
             return Gathered(False, {})  # decided here already: nothing to read for it
         values: dict[Read, str | None] = {}
         asked: list[tuple[Read, HashSpace, int]] = []
+        keyed: list[tuple[Read, KeySpace]] = []
         for read in reads:
             space = self._spaces.get(read.space)
             if space is None:
-                values[read] = None
+                if (key_space := self._keys.get(read.space)) is not None:
+                    keyed.append((read, key_space))
+                else:
+                    values[read] = None
                 continue
             hit, value = space.cached(read.key)
             if hit:
@@ -111,7 +131,7 @@ class RedisCallStore:
         ttl_ms = max(1, int(ttl_s * 1000))
 
         async def round_trip() -> list[Any]:
-            if not asked:
+            if not asked and not keyed:
                 results = [await client.set(key, self._owner, nx=True, px=ttl_ms)]
             else:
                 # Built per attempt: a pipeline forgets its commands once executed. Errors come
@@ -120,6 +140,8 @@ class RedisCallStore:
                 pipe.set(key, self._owner, nx=True, px=ttl_ms)
                 for read, space, _ in asked:
                     pipe.hget(space.key, read.key)
+                for read, key_space in keyed:
+                    pipe.get(key_space.key_for(read.key))
                 results = list(await pipe.execute(raise_on_error=False))
             if isinstance(results[0], Exception):
                 raise results[0]
@@ -138,12 +160,15 @@ class RedisCallStore:
                 if hit:
                     values[read] = value
             return Gathered(True, values)
-        for (read, space, generation), raw in zip(asked, answers, strict=True):
+        for (read, space, generation), raw in zip(asked, answers[: len(asked)], strict=True):
             if isinstance(raw, Exception):
                 continue  # unanswered: the rules decide without it
             value = None if raw is None else str(raw)
             space.remember(read.key, value, generation)
             values[read] = value
+        for (read, key_space), raw in zip(keyed, answers[len(asked) :], strict=True):
+            if not isinstance(raw, Exception):
+                values[read] = key_space.decode(raw)
         if not got:
             return Gathered(False, {})  # another replica decides it: nothing to read for it
         return Gathered(True, values)
