@@ -30,7 +30,13 @@ from router.daemon import serve
 from router.exits import Exit
 from router.logs import setup_cli_logging, setup_daemon_logging
 from router.numbers import normalize
-from router.rules.loader import EXAMPLE_RULES, example_rules_text, load_rules
+from router.rules.loader import (
+    EXAMPLE_CLIENTS,
+    EXAMPLE_RULES,
+    example_clients_text,
+    example_rules_text,
+    load_example_rules,
+)
 from router.rules.model import Rules
 from router.simulator import CallOutcome, SimCall, SimConfig, serve_simulator
 
@@ -153,11 +159,12 @@ async def run_demo(
 ) -> DemoResult:
     """Run the whole demo; print progress to ``out`` (None: silent). Logging is the caller's."""
     rng = random.Random(seed)
-    rules = load_rules(example_rules_text(), EXAMPLE_RULES)
+    rules = load_example_rules()
     pools = _callers(rules, rng)
     with tempfile.TemporaryDirectory(prefix="mtt-router-demo-") as tmp:
         workdir = Path(tmp)
         (workdir / EXAMPLE_RULES).write_text(example_rules_text(), encoding="utf-8")
+        (workdir / EXAMPLE_CLIENTS).write_text(example_clients_text(), encoding="utf-8")
         sim_config = SimConfig(answer_after_ms=80.0, talk_ms=400.0, record_delay_ms=20.0)
         async with serve_simulator(sim_config) as sim:
             public, admin = _free_port(), _free_port()

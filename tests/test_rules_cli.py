@@ -58,7 +58,7 @@ def test_check_valid_file() -> None:
     result = mtt_router("rules", "check", EXAMPLE)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "rules/example.yaml: OK (managers: 4, clients: 7, prefixes: 1, fallback: 1; "
+        "rules/example.yaml: OK (managers: 4, clients: 10, prefixes: 1, fallback: 1; "
         "otherwise: pbx; timezone: Europe/Moscow)"
     ]
 
@@ -83,7 +83,7 @@ def test_check_json(broken: str) -> None:
     assert ok.returncode == 0
     assert json.loads(ok.stdout)["counts"] == {
         "managers": 4,
-        "clients": 7,
+        "clients": 10,
         "prefixes": 1,
         "fallback": 1,
     }
@@ -108,14 +108,19 @@ def test_explain_client_in_office_hours() -> None:
         "rules", "explain", "--rules", EXAMPLE, "+7 921 946-27-61", "--at", "2027-01-11T10:00+03:00"
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
-        "caller:   +7 921 946-27-61 -> 79219462761",
-        "at:       2027-01-11 10:00 Mon (Europe/Moscow)",
-        "decision: transfer to ivanov (Иван Иванов) at 883140777716581 [client]",
-        "next:                  sidorov (Пётр Сидоров (дежурный)) at 883140777380595 [fallback]",
+    out = result.stdout.splitlines()
+    assert out[:5] == [
+        "caller:    +7 921 946-27-61 -> 79219462761",
+        "at:        2027-01-11 10:00 Mon (Europe/Moscow)",
+        "decision:  transfer to ivanov (Иван Иванов) at 883140777716581 [client]",
+        "then:                  petrova (Мария Петрова) at 883140582526566 [deputy]",
+        "then:                  sidorov (Пётр Сидоров (дежурный)) at 883140777380595 [fallback]",
+    ]
+    assert out[out.index("why:") :] == [
         "why:",
         "  - caller 79219462761 is client of ivanov",
         "  - ivanov is available",
+        "  - deputy petrova is available",
         "  - fallback sidorov is available",
         "  - transfer to ivanov 883140777716581",
     ]
@@ -146,6 +151,7 @@ def test_explain_off_schedule_and_busy_as_json() -> None:
     assert data["reasons"] == [
         "caller 79219462761 is client of ivanov",
         "ivanov is off schedule (office: mon-fri 09:00-18:00; sat 10:00-14:00)",
+        "deputy petrova is off schedule (office: mon-fri 09:00-18:00; sat 10:00-14:00)",
         "fallback sidorov is busy (workplace 883140777380595 is on a call)",
         "no manager available: terminate (otherwise: pbx), the PBX routes it now",
     ]
@@ -157,7 +163,7 @@ def test_explain_prefix_caller_with_local_time() -> None:
         "rules", "explain", "--rules", EXAMPLE, "78124240000@pstn", "--at", "2027-01-11T12:00"
     )
     assert result.returncode == 0, result.stderr
-    assert "decision: transfer to petrova (Мария Петрова) at 883140582526566 [prefix]" in (
+    assert "decision:  transfer to petrova (Мария Петрова) at 883140582526566 [prefix]" in (
         result.stdout.splitlines()
     )
 
@@ -205,13 +211,14 @@ def test_main_explain_wait_and_unknown_caller(
     rules = tmp_path / "wait.yaml"
     example = (ROOT / EXAMPLE).read_text(encoding="utf-8")
     rules.write_text(example.replace("otherwise: pbx", "otherwise: wait"), encoding="utf-8")
+    (tmp_path / "clients.csv").write_bytes((ROOT / "rules" / "clients.csv").read_bytes())
     code = main(
         ["rules", "explain", "--rules", str(rules), "anonymous", "--workplaces", "883140777716581"]
     )
     assert code == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "caller:   'anonymous' (unreadable)"
-    assert "decision: wait (no command: the PBX routes the call when parking ends)" in out
+    assert out[0] == "caller:    'anonymous' (unreadable)"
+    assert "decision:  wait (no command: the PBX routes the call when parking ends)" in out
     assert "  - fallback sidorov has workplace 883140777380595, not listed by MTT" in out
 
 
@@ -250,9 +257,11 @@ def test_main_explain_transfer_and_terminate(capsys: pytest.CaptureFixture[str])
     args = ["rules", "explain", "--rules", str(ROOT / EXAMPLE), "--callee", "74996497803"]
     assert main([*args, "+7 903 555-01-02", "--at", "2027-01-13T11:00+03:00"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[1] == "callee:   74996497803 (format 1 rules route by caller only)"
-    assert out[3] == "decision: transfer to kuznetsova (Анна Кузнецова) at 883140777446532 [client]"
-    assert out[4].startswith("next:                  sidorov")
+    assert out[1] == "line:      74996497803: the top-level fallback"
+    assert (
+        out[3] == "decision:  transfer to kuznetsova (Анна Кузнецова) at 883140777446532 [client]"
+    )
+    assert out[4].startswith("then:                  petrova")
     assert main([*args, "101", "--at", "2027-01-13T11:00", "--busy", "883140777380595"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert "decision: terminate (terminateCall: the PBX routes the call its usual way now)" in out
+    assert "decision:  terminate (terminateCall: the PBX routes the call its usual way now)" in out

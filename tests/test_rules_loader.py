@@ -359,11 +359,26 @@ def test_longest_prefix_wins() -> None:
     assert rules.match_prefix("781") == ("7", "a")
 
 
-def test_readme_yaml_examples_load() -> None:
-    """Every YAML example in rules/README.md is valid (fragments under the required keys)."""
+README_MANAGERS = (
+    "managers: {ivanov: {workplace: '1'}, petrova: {workplace: '2'}, sidorov: {workplace: '3'},"
+    " kuznetsova: {workplace: '4'}}\n"
+)
+"""The managers a README fragment may name without defining them (rules/clients.csv too)."""
+
+
+def test_readme_yaml_examples_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every YAML example in rules/README.md is valid: whole files as they are, fragments under
+    the required keys (version 2, a superset of 1) with the managers they name; a
+    ``clients_file`` is read beside the README, ``${CRM_TOKEN}`` from the environment."""
+    monkeypatch.setenv("CRM_TOKEN", "s3cret")
     readme = (ROOT / "rules" / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.DOTALL)
-    assert len(blocks) >= 2
+    assert len(blocks) >= 12
+    versions = set()
     for block in blocks:
-        text = block if block.startswith("version:") else f"version: 1\ntimezone: UTC\n{block}"
-        load_rules(text, "rules/README.md")
+        text = block
+        if not block.startswith("version:"):
+            managers = "" if re.search(r"^managers:", block, re.MULTILINE) else README_MANAGERS
+            text = f"version: 2\ntimezone: UTC\n{managers}{block}"
+        versions.add(load_rules(text, "rules/README.md", base=ROOT / "rules").version)
+    assert versions == {1, 2}  # version 1 stays documented

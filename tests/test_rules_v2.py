@@ -114,6 +114,10 @@ def test_every_version2_key_is_read(rules: Rules) -> None:
         (("deputy: petrova", "deputy: ivanov"), "manager ivanov: deputy cannot be ivanov himself"),
         (("calendar: RU", "calendar: XX"), 'unknown calendar "XX"'),
         (('to: "2027-06-10"', 'to: "2027-05-14"'), "2027-05-14 is before 2027-06-01"),
+        (
+            ('\n      - {from: "2027-06-01"', ' {from: "2027-06-01"'),
+            "manager ivanov: absent must be a list of {from: YYYY-MM-DD, to: YYYY-MM-DD}",
+        ),
         (("${CRM_TOKEN}", "${NO_SUCH_VAR_HERE}"), "NO_SUCH_VAR_HERE is not set"),
         (("&line={callee}", "&line={line}"), "unknown placeholder {line}"),
         (("order: [clients,", "order: [clients, clients,"), '"clients" is listed twice'),

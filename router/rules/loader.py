@@ -40,6 +40,7 @@ TOP_LEVEL_KEYS = (
 MANAGER_KEYS = ("workplace", "name", "schedule", *sections.MANAGER_V2_KEYS)
 FALLBACK_KEYS = ("managers", "otherwise")
 EXAMPLE_RULES = "example_rules.yaml"  # in router/data/, a copy of rules/example.yaml
+EXAMPLE_CLIENTS = "clients.csv"  # in router/data/, a copy of rules/clients.csv (its clients_file)
 
 _ID = re.compile(r"^\w[\w.-]*$")
 _DIGITS = re.compile(r"^[0-9]+$")
@@ -381,6 +382,12 @@ def example_rules_text() -> str:
     return resources.files("router").joinpath("data", EXAMPLE_RULES).read_text(encoding="utf-8")
 
 
+def example_clients_text() -> str:
+    """The example's ``clients_file``, shipped beside it (``router/data/clients.csv``)."""
+    return resources.files("router").joinpath("data", EXAMPLE_CLIENTS).read_text(encoding="utf-8")
+
+
 def load_example_rules() -> Rules:
-    """The example rules as :class:`Rules` (embedded defaults for ``mtt-router demo``)."""
-    return load_rules(example_rules_text(), f"<package>/data/{EXAMPLE_RULES}")
+    """The example rules as :class:`Rules` (``mtt-router demo``), with their ``clients_file``."""
+    text, source = example_rules_text(), f"<package>/data/{EXAMPLE_RULES}"
+    return load_rules(text, source, clients_text=example_clients_text())

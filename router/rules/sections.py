@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from router.config_read import expand_env
 from router.numbers import NumberError, normalize
@@ -63,12 +63,11 @@ def absences(check: Checker, node: Node, where: str) -> tuple[tuple[date, date],
     """``absent: [{from: D, to: D}, ...]``, each range in order."""
     if is_null(node):
         return ()
-    items = getattr(node, "value", None)
-    if not isinstance(items, list):
+    if not isinstance(node, SequenceNode):  # one absence without its "- " is a mapping
         check.fail(node, f"{where} must be a list of {{from: YYYY-MM-DD, to: YYYY-MM-DD}}")
         return ()
     spans: list[tuple[date, date]] = []
-    for item in items:
+    for item in node.value:
         fields = {key.value: value for key, value in check.items(item, where)}
         unknown = sorted(set(fields) - {"from", "to"})
         if unknown or "from" not in fields or "to" not in fields:
