@@ -7,12 +7,18 @@ fallback, ``otherwise``, what ``no_answer`` would do next, and the ``--json`` sh
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from router.config import load_config
+from router.state.factory import open_stores
+from router.state.learned_file import LearnedFile, learned_path
+from tests.fixtures.crm import CrmStub, found
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = "rules/example.yaml"
@@ -242,3 +248,159 @@ def test_a_client_from_clients_file_says_so() -> None:
     data = json_of("+7 985 111-00-77", "--at", MONDAY_10)
     assert data["sources"][0]["manager"] == "petrova"
     assert "from clients_file rules/clients.csv" in data["sources"][0]["notes"]
+
+
+# -- with --config: the storage and the CRM the daemon would consult -------------------------
+
+UNKNOWN_CALLER = "+7 999 000-00-00"  # in no list and no prefix of the example
+
+
+def write_config(path: Path, storage: str) -> Path:
+    """A config file with ``storage`` and its tokens file beside it."""
+    path.write_text(
+        "mtt:\n"
+        '  client_id: "ccb350cc-6218-40b0-b134-3d290f00b9e7"\n'
+        '  client_secret: "secret"\n'
+        '  redirect_uri: "https://router.example.ru/mtt"\n'
+        f'storage: "{storage}"\n'
+        f'tokens_file: "{path.parent / "tokens.json"}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+async def explain_async(*args: str, rules: str = EXAMPLE) -> tuple[int, str, str]:
+    """``rules explain`` as a process while this test's loop serves (the CRM stub)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "router",
+        "rules",
+        "explain",
+        "--rules",
+        rules,
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_with_config_memory_storage_reads_the_learned_file(tmp_path: Path) -> None:
+    """Memory storage: what learn remembered (the file beside the tokens) names the caller's
+    manager; the storage keeps no client map, and says so."""
+    config = write_config(tmp_path / "config.yaml", "memory")
+    learned = LearnedFile(learned_path(tmp_path / "tokens.json"))
+    learned.remember("79990000000", "petrova", 86400.0)
+    await learned.flush()
+    code, out, err = await explain_async(UNKNOWN_CALLER, "--at", MONDAY_10, "--config", str(config))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[2] == f"decision:  transfer to petrova (Мария Петрова) at {PETROVA} [learned]"
+    start = lines.index("sources:   in order: clients, lookup, learned, prefixes")
+    assert lines[start + 1 : start + 8] == [
+        "  clients:  nobody",
+        "              caller 79990000000 is not a listed client",
+        "              client store (memory): none (this storage keeps no client map)",
+        "  lookup:   not consulted (no lookup key in the rules)",
+        "  learned:  petrova",
+        "              caller 79990000000 talked to petrova before (learned)",
+        "  prefixes: not asked (learned named petrova first)",
+    ]
+    # Without --config the same file is not consulted.
+    code, out, _ = await explain_async(UNKNOWN_CALLER, "--at", MONDAY_10)
+    assert "  learned:  not consulted (no --config)" in out.splitlines()
+
+
+async def test_with_config_redis_reads_the_client_store_and_learned(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Redis: a client-store edit overrides the rules' client; a learned entry names an unknown
+    caller's manager; both read as the daemon reads them."""
+    config = write_config(tmp_path / "config.yaml", redis_url)
+    stores = await open_stores(load_config(config))
+    try:
+        assert stores.clients is not None
+        assert stores.learned is not None
+        await stores.clients.set(IVANOV_CLIENT, "petrova")
+        stores.learned.remember("79990000000", "kuznetsova", 86400.0)
+    finally:
+        await stores.aclose()  # waits for the learned write
+    code, out, err = await explain_async(
+        IVANOV_CLIENT, "--at", MONDAY_10, "--config", str(config), "--json"
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["own"], data["targets"][0]["manager"], data["config"]) == (
+        "petrova",
+        "petrova",
+        str(config),
+    )
+    assert data["sources"][0]["notes"] == [
+        "caller 79219462761 is client of petrova (client store)",
+        f"client store ({redis_url}): petrova",
+    ]
+    code, out, err = await explain_async(
+        UNKNOWN_CALLER, "--at", MONDAY_10, "--config", str(config), "--json"
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert [(s["name"], s["status"], s["manager"]) for s in data["sources"]] == [
+        ("clients", "nobody", None),
+        ("lookup", "not consulted", None),
+        ("learned", "named", "kuznetsova"),
+        ("prefixes", "not asked", None),
+    ]
+    assert (
+        data["sources"][0]["notes"][-1] == f"client store ({redis_url}): no entry for this caller"
+    )
+    assert (data["matched"], data["targets"][0]["manager"]) == ("learned", "kuznetsova")
+
+
+async def test_with_config_the_crm_is_asked_once(tmp_path: Path, crm: CrmStub) -> None:
+    """With a lookup key and --config the CRM is asked, once, and its answer decides; without
+    --config it is not consulted and nothing reaches the CRM."""
+    text = (ROOT / EXAMPLE).read_text(encoding="utf-8")
+    rules = tmp_path / "crm.yaml"
+    rules.write_text(text.replace("# lookup:", f'lookup: {{url: "{crm.lookup_url}"}}\n#'))
+    (tmp_path / "clients.csv").write_text((ROOT / "rules" / "clients.csv").read_text())
+    crm.replies["79990000000"] = found("kuznetsova")
+    config = write_config(tmp_path / "config.yaml", "memory")
+    code, out, err = await explain_async(
+        UNKNOWN_CALLER, "--at", MONDAY_10, "--rules", str(rules), "--callee", "74996497803"
+    )
+    assert code == 0, err
+    assert "  lookup:   not consulted (no --config)" in out.splitlines()
+    assert crm.requests == []
+    code, out, err = await explain_async(
+        UNKNOWN_CALLER,
+        "--at",
+        MONDAY_10,
+        "--rules",
+        str(rules),
+        "--callee",
+        "74996497803",
+        "--config",
+        str(config),
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "  lookup:   kuznetsova" in lines
+    assert "              caller 79990000000 is client of kuznetsova (lookup)" in lines
+    assert "  learned:  not asked (lookup named kuznetsova first)" in lines
+    assert lines[3].startswith("decision:  transfer to kuznetsova")
+    assert [r.query for r in crm.requests] == [{"caller": "79990000000", "line": "74996497803"}]
+
+
+def test_a_bad_config_is_bad_usage(tmp_path: Path) -> None:
+    """--config naming an invalid file: exit 2, the problem on stderr, nothing printed."""
+    config = tmp_path / "config.yaml"
+    config.write_text("mtt: {}\n", encoding="utf-8")
+    result = explain(IVANOV_CLIENT, "--config", str(config))
+    assert result.returncode == 2
+    assert "mtt.client_id" in result.stderr
+    assert result.stdout == ""

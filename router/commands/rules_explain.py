@@ -155,6 +155,8 @@ def _clients_file_note(rules: Rules, context: CallerContext) -> str | None:
     number = context.caller
     if rules.clients_file is None or number is None or number not in rules.clients:
         return None
+    if context.stored.get(Read(CLIENTS_SPACE, number)) in rules.managers:
+        return None  # the client store's entry decides, not the rules'
     from router.numbers import try_normalize
     from router.state.clients_csv import read_csv_rows
 
