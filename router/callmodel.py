@@ -295,6 +295,9 @@ class CommandContext(NamedTuple):
     window_over: bool = False
     sent_here: bool = False
     """Ringing unanswered at the workplace a fine transfer of ours named."""
+    let_go: bool = False
+    """That workplace let the call go unanswered (``hiding``) and nobody answered it since: the
+    PBX goes on with it (rules ``no_answer`` moves such a call on at once)."""
     maybe_applied: bool = False
     """An earlier command on this call may have been applied."""
 
@@ -315,7 +318,8 @@ def classify_command(ctx: CommandContext) -> CommandReason:
     """Why a transferCall/terminateCall on a call in ``ctx`` is fine, a re-route or a violation.
 
     Fine: a parked call inside its window. Re-route: a call still ringing unanswered at a workplace
-    the daemon transferred it to. Anything else may act on a live call: a violation.
+    the daemon transferred it to, or that such a workplace let go unanswered and the PBX has
+    (ringing or routing, nobody answered). Anything else may act on a live call: a violation.
     """
     if ctx.outgoing:
         return CommandReason.OUTGOING
@@ -326,6 +330,8 @@ def classify_command(ctx: CommandContext) -> CommandReason:
             return CommandReason.AFTER_AMBIGUOUS
         return CommandReason.PARKED
     if ctx.phase is Phase.RINGING and ctx.sent_here:
+        return CommandReason.REROUTE
+    if ctx.let_go and (ctx.phase is Phase.RINGING or ctx.phase is Phase.ROUTING):
         return CommandReason.REROUTE
     reason = _BY_PHASE[ctx.phase]
     # A parked call whose parking a command ended is no longer "parked" for a second command.

@@ -3,7 +3,8 @@
 :func:`carry_out` sends ``transferCall`` to each target in turn while MTT certainly did not apply
 the previous one, then ``terminateCall`` when every target was refused; each command's result is
 an :class:`Attempt` value. :func:`conclude` turns the decision and its attempts into the call's
-:class:`Outcome`, reasons and error: nothing else assigns an outcome.
+:class:`Outcome`, reasons and error: nothing else assigns an outcome; :class:`DecisionRecord` is
+what the engine reports of each parked call (its ``decision`` line).
 
 The ambiguous-answer rule (docs/CALL_MODEL.md, "Commands"): only a 4xx, or a connection that
 was refused before anything was sent, means "not applied, try the next candidate". A 5xx, a
@@ -115,6 +116,26 @@ class Conclusion(NamedTuple):
     """Commands started."""
     answered: bool = False
     """MTT answered the last command started."""
+
+
+class DecisionRecord(NamedTuple):
+    """What happened to one parked call; also the canonical log line (one per call: a
+    NamedTuple, cheap to build)."""
+
+    call_id: str
+    caller: str | None
+    callee: str | None
+    outcome: Outcome
+    manager: str | None = None
+    workplace: str | None = None
+    matched: str = "none"
+    reasons: tuple[str, ...] = ()
+    attempts: int = 0
+    answered: bool = False
+    """MTT answered one of our commands (``decision_seconds`` measures up to that answer)."""
+    error: str | None = None
+    latency_ms: float = 0.0
+    """From receipt of the ``trying`` to the end of the decision (set when it is reported)."""
 
 
 def classify(exc: UpstreamError) -> Result:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import structlog
 
@@ -29,13 +29,14 @@ from router.audit import CallAudit
 from router.bounds import Bound
 from router.clock import Clock
 from router.context import CallerContext, Verdict
-from router.dispatch import Commander, Outcome, Sender, carry_out, conclude
+from router.dispatch import Commander, DecisionRecord, Outcome, Sender, carry_out, conclude
 from router.events import CallEvent, CallState, Event, VpbxEvent, VpbxEventType
 from router.learning import LearningTracker
 from router.log_limit import LineLimiter
 from router.metrics import Metrics
 from router.numbers import try_normalize
 from router.presence_queue import PresenceQueue
+from router.reroute import Rerouter
 from router.routing import Decision, decide
 from router.rules.model import Rules
 from router.sources import (
@@ -46,7 +47,7 @@ from router.sources import (
     next_fetch,
     reads_for,
 )
-from router.state.protocols import CallStore, Presence
+from router.state.protocols import CallStore, Presence, Reroutes
 from router.views import DirectoryView, RolloutView, RulesView
 
 log = structlog.get_logger("router.engine")
@@ -56,26 +57,6 @@ RESERVED_SHARE = 5
 clients: a flood of unknown callers (forged ones have made-up numbers) sheds before they do."""
 CLAIM_TTL_S = 3600.0
 """How long a call id stays claimed: far longer than any redelivery of the same notification."""
-
-
-class DecisionRecord(NamedTuple):
-    """What happened to one parked call; also the canonical log line (one per call: a
-    NamedTuple, cheap to build)."""
-
-    call_id: str
-    caller: str | None
-    callee: str | None
-    outcome: Outcome
-    manager: str | None = None
-    workplace: str | None = None
-    matched: str = "none"
-    reasons: tuple[str, ...] = ()
-    attempts: int = 0
-    answered: bool = False
-    """MTT answered one of our commands (``decision_seconds`` measures up to that answer)."""
-    error: str | None = None
-    latency_ms: float = 0.0
-    """From receipt of the ``trying`` to the end of the decision (set when it is reported)."""
 
 
 class Engine:
@@ -99,6 +80,7 @@ class Engine:
         learning: LearningTracker | None = None,
         audit: CallAudit | None = None,
         max_inflight: int | None = None,
+        reroutes: Reroutes | None = None,
     ) -> None:
         self._metrics = metrics
         self._commander = commander
@@ -123,6 +105,7 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._accepting = True
         self._presence_queue = PresenceQueue(presence, self._spawn)
+        self.reroutes = Rerouter(reroutes, commander, presence, rules, metrics, clock, self._spawn)
         # Bound label children: .labels() costs a dict lookup and a lock per call otherwise.
         self._outcomes = {o: metrics.decisions.labels(o.value) for o in Outcome}
 
@@ -151,6 +134,7 @@ class Engine:
             self._audit.observe(event, received_at, workplace)
             self._learning.observe(event, workplace, received_at)
             self._track_presence(event, workplace)
+            self.reroutes.observe(event, workplace)
         elif isinstance(event, VpbxEvent):
             if event.type is VpbxEventType.NUMBERS_CHANGED:
                 self._directory.request_refresh("numbers")
@@ -234,6 +218,7 @@ class Engine:
     def bounds(self) -> dict[str, Bound]:
         """How full each of the engine's bounded maps is (``/status`` "bounds")."""
         found = {"audit": self._audit.bound(), "presence_queue": self._presence_queue.bound()}
+        found["reroutes"] = self.reroutes.bound()
         if self._answers is not None:
             found["answers"] = self._answers.bound()
         if self._max_inflight is not None:
@@ -248,6 +233,7 @@ class Engine:
     async def drain(self, timeout_s: float) -> int:
         """Stop taking work, wait for in-flight tasks; cancel what is left. Returns that count."""
         self._accepting = False
+        self.reroutes.drop()  # pending re-routes: one log line counting them
         if self._tasks:
             log.info("draining", inflight=len(self._tasks), timeout_s=timeout_s)
             await asyncio.wait(set(self._tasks), timeout=timeout_s)
@@ -341,6 +327,7 @@ class Engine:
         attempts = await carry_out(decision, sender, live=live)
         self._learning.carried_out(event.call.id, attempts)
         done = conclude(decision, attempts, live=live)
+        self.reroutes.decided(event, rules, decision, done)
         return DecisionRecord(
             event.call.id,
             event.caller.number,

@@ -77,6 +77,7 @@ class Services:
             ("claims", stores.calls),
             ("presence", stores.presence),
             ("oauth_states", stores.states),
+            ("reroute_marks", stores.reroutes),
             ("learned", stores.learned),
         )
         for name, part in parts:
@@ -268,6 +269,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             answers=AnswerTracker(metrics),
             learning=learning,
             max_inflight=config.server.max_inflight,
+            reroutes=stores.reroutes,
         )
         # Closed first: in-flight decisions finish (bounded by the budget) while the session,
         # tokens and stores they use are still open.

@@ -63,6 +63,8 @@ async def test_status_shows_every_bound(start_daemon: StartDaemon, tmp_path: Pat
         "oauth_states",
         "presence",
         "presence_queue",
+        "reroute_marks",
+        "reroutes",
         "sources",
     }
     for name, bound in bounds.items():

@@ -19,8 +19,8 @@ from structlog.testing import capture_logs
 
 from router.answers import AnswerTracker
 from router.context import CallerContext, MatchKind, Read, Verdict
-from router.dispatch import Outcome
-from router.engine import DecisionRecord, Engine
+from router.dispatch import DecisionRecord, Outcome
+from router.engine import Engine
 from router.errors import (
     ClientRequestError,
     NeedsLoginError,

@@ -84,6 +84,40 @@ async def test_reroute_of_a_call_ringing_where_we_sent_it_is_fine(
     assert sim.stats()["calls"]["commands"] == {"fine": 1, "reroute": 1, "violation": 0}
 
 
+async def test_reroute_of_a_call_our_workplace_declined_is_fine(
+    sim: Simulator, sim_http: aiohttp.ClientSession, webhook_sink: WebhookSink, token: str
+) -> None:
+    """Transferred to a workplace that declines (hiding): the PBX rings its own choice, and a
+    transfer of the call, still unanswered, is a re-route."""
+    sim.set_decline(PETROVA, 10)
+    sim.set_answer(IVANOV, None)  # the PBX's own choice rings on, unanswered
+    call = await sim.place_call(CLIENT, NUMBER)
+    trying = await webhook_sink.wait_state(call.id, "trying")
+    assert (await command(sim_http, sim, token, trying, PETROVA))[0] == 200
+    rung = ["trying", "showing", "hiding", "showing"]
+    await webhook_sink.wait_for(lambda _: webhook_sink.states(call.id) == rung)
+    assert (await command(sim_http, sim, token, trying, SIDOROV))[0] == 200
+    await call.wait_done()
+    assert [c.reason for c in call.commands] == ["parked", "reroute"]
+    assert sim.violations() == []
+    assert (call.tried, call.workplace) == ([PETROVA, IVANOV, SIDOROV], SIDOROV)
+
+
+async def test_a_transfer_after_the_pbx_choice_answered_is_a_violation(
+    sim: Simulator, sim_http: aiohttp.ClientSession, webhook_sink: WebhookSink, token: str
+) -> None:
+    """Declined where we sent it, then answered where the PBX sent it: a transfer now would
+    move a live call."""
+    sim.set_decline(PETROVA, 10)
+    call = await sim.place_call(CLIENT, NUMBER, talk_ms=60_000)
+    trying = await webhook_sink.wait_state(call.id, "trying")
+    assert (await command(sim_http, sim, token, trying, PETROVA))[0] == 200
+    await webhook_sink.wait_state(call.id, "connected")
+    assert (await command(sim_http, sim, token, trying, SIDOROV))[0] == 200
+    assert [c.reason for c in call.commands] == ["parked", "answered"]
+    assert [v.reason for v in sim.violations()] == [CommandReason.ANSWERED]
+
+
 async def test_a_second_command_after_a_5xx_is_a_violation(
     sim: Simulator, sim_http: aiohttp.ClientSession, webhook_sink: WebhookSink, token: str
 ) -> None:

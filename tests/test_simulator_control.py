@@ -25,6 +25,7 @@ async def test_workplaces_show_answer_behaviour_and_presence(
         "workplace": IVANOV,
         "name": "Иван Иванов",
         "answer_after_ms": 7,
+        "decline_after_ms": None,
         "terminals": [IVANOV],
         "answering_terminal": IVANOV,
         "busy": True,
@@ -33,6 +34,26 @@ async def test_workplaces_show_answer_behaviour_and_presence(
         assert (await resp.json())["answer_after_ms"] == sim.config.answer_after_ms
     async with sim_http.post(f"{sim.url}/_sim/workplaces/nope", json={}) as resp:
         assert resp.status == 404
+
+
+async def test_a_workplace_can_decline(sim: Simulator, sim_http: aiohttp.ClientSession) -> None:
+    """decline_after_ms: the workplace declines ringing calls after that long; null or {} stops
+    it; answer_after_ms stays as it was."""
+    url = f"{sim.url}/_sim/workplaces/{IVANOV}"
+    async with sim_http.post(url, json={"decline_after_ms": 5}) as resp:
+        assert await resp.json() == {
+            "workplace": IVANOV,
+            "answer_after_ms": sim.config.answer_after_ms,
+            "decline_after_ms": 5,
+        }
+    assert sim.pbx.decline_after_ms(IVANOV) == 5
+    async with sim_http.post(url, json={"decline_after_ms": None}) as resp:
+        assert (await resp.json())["decline_after_ms"] is None
+    sim.set_decline(IVANOV, 5)
+    async with sim_http.post(url, json={}) as resp:
+        assert (await resp.json())["decline_after_ms"] is None
+    async with sim_http.post(url, json={"decline_after_ms": -1}) as resp:
+        assert resp.status == 400
 
 
 async def test_numbers_and_vpbx_events(

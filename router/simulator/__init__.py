@@ -15,6 +15,7 @@ Python API (stable)
     ``883140777716581``, parking window 5.0 s, access token 7200 s, refresh token 3 days.
     Call timing (``answer_after_ms``, ``ring_timeout_ms``, ``talk_ms``, ``record_delay_ms``,
     ``callee_answer_ms``) is in ms; ``answer_overrides={sip_id: ms or None}`` (None: never answers);
+    ``decline_overrides={sip_id: ms}`` (it declines a ringing call after that long: ``hiding``);
     ``routes={number: (sip_id, ...)}`` is the PBX's own order (default: every workplace);
     ``terminals={terminal: sip_id}`` (a workplace none names has one with its own ID) and
     ``answering_terminals={sip_id: terminal}``; a leg at a workplace carries ``id`` = the
@@ -38,7 +39,8 @@ Python API (stable)
     (synchronous, ``trying`` goes out in the background: the bench's fast path) ·
     ``await place_call(...same...) -> SimCall`` (returns once the webhook answered ``trying``) ·
     ``make_call(workplace, number) -> SimCall`` · ``call(id) -> SimCall | None`` · ``calls()`` ·
-    ``set_answer(sip_id, after_ms | None)`` · ``set_parking(numbers, on)`` ·
+    ``set_answer(sip_id, after_ms | None)`` · ``set_decline(sip_id, after_ms | None)`` (it declines
+    a ringing call after that long: ``hiding``) · ``set_parking(numbers, on)`` ·
     ``await set_numbers(numbers)`` / ``await set_workplaces({sip_id: name})`` (send
     ``numbersChanged`` / ``workplacesChanged``) · ``await notify_vpbx(event_type)`` ·
     ``issue_tokens() -> {access_token, expires_in, refresh_token, scope, token_type}`` ·
@@ -70,8 +72,9 @@ Notifications are POSTed to ``webhook_url`` one at a time per call, each after t
 was answered (any status; failures are recorded, never retried). ``trying`` of a parked call
 starts the parking window; the call is then transferred, terminated (PBX routes at once) or, at
 the deadline, routed by the PBX: first free workplace of the number's route. A workplace that
-does not answer within ``ring_timeout_ms``, or is on a call, gets ``showing`` -> ``hiding`` and
-the PBX moves on; when nobody is left the call ends with ``finished`` (duration 0).
+does not answer within ``ring_timeout_ms`` (or declines first: ``decline_overrides``), or is on a
+call, gets ``showing`` -> ``hiding`` and the PBX moves on; when nobody is left the call ends with
+``finished`` (duration 0).
 
 HTTP API
 --------
@@ -87,15 +90,16 @@ API (Bearer; one path segment, any case): ``GET /externalNumbersInfo``, ``/workP
 bad params -> 400; unknown call, or a call that is over -> 404. Every other transferCall/
 terminateCall is carried out on whatever the call is doing (the document never says a late one
 fails) and classified (:mod:`router.simulator.commands`): fine (parked, inside the window), reroute
-(still ringing unanswered where a transfer sent it) or violation (anything else: recorded, counted
-in ``/_sim/stats``, listed at ``/_sim/violations``). Errors are
-``{"error": {"code": N, "message": "..."}}``.
+(still ringing unanswered where a transfer sent it, or let go from there unanswered and with the
+PBX) or violation (anything else: recorded, counted in ``/_sim/stats``, listed at
+``/_sim/violations``). Errors are ``{"error": {"code": N, "message": "..."}}``.
 
 Control (no auth): ``GET|POST /_sim/calls`` (POST ``{caller, callee, forwarders?, talk_ms?,
 answer?: {sip_id: ms|null}, wait?: true}`` -> 201 ``{"call": {...}}``), ``GET /_sim/calls/{id}``,
 ``GET /_sim/requests[?endpoint=]``, ``GET /_sim/stats``, ``GET /_sim/violations``,
 ``GET|POST /_sim/quirks``, ``GET|PUT /_sim/webhook`` ``{url}``,
-``GET /_sim/workplaces``, ``POST /_sim/workplaces/{id}`` ``{answer_after_ms: N|null}``,
+``GET /_sim/workplaces``, ``POST /_sim/workplaces/{id}`` ``{answer_after_ms?: N|null,
+decline_after_ms?: N|null}`` (``{}``: as configured),
 ``POST /_sim/numbers`` ``{numbers}``, ``POST /_sim/vpbx`` ``{eventType}``,
 ``GET|POST|DELETE /_sim/faults``, ``POST /_sim/tokens``, ``POST /_sim/reset``.
 

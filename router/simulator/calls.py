@@ -148,6 +148,8 @@ class CallEngine:
             states = (CallState.TRYING, *states)  # the document does not say it never happens
         if to is not None:
             call.tried.append(to)
+        if step is Step.NO_ANSWER and call.at is not None and call.at == call.sent_to:
+            call.let_go = call.at  # the PBX goes on with a call the daemon sent here
         self._engage(call)
         if leaving is Phase.NEW:
             self._announce(call, states)
@@ -189,8 +191,11 @@ class CallEngine:
                 self.step(call, Step.PICK, picked)
         elif phase is Phase.RINGING and workplace is not None:
             after = self.pbx.answer_after_ms(workplace, call.answer)
+            declines = self.pbx.decline_after_ms(workplace) if call.type == INCOMING else None
             if call.type == INCOMING and self.pbx.is_busy(workplace):
                 self.step(call, Step.NO_ANSWER)
+            elif declines is not None and (after is None or declines < after):
+                self._later(call, declines, Step.NO_ANSWER)
             elif after is None or after >= self.config.ring_timeout_ms:
                 self._later(call, self.config.ring_timeout_ms, Step.NO_ANSWER)
             else:

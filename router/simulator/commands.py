@@ -4,9 +4,9 @@ The document describes transferCall for answered and unanswered calls alike and 
 late or misaimed command fails, so the simulator carries every command out on whatever the call
 is doing (a transfer of a call ringing or talking somewhere moves it; a terminate ends that leg)
 and classifies it (:func:`router.callmodel.classify_command`): ``fine`` on a parked call inside
-its window, ``reroute`` on a call still ringing unanswered where the daemon transferred it, and
-``violation`` for anything else. Violations are kept with the call and in
-:attr:`CallEngine.violations`, so tests can assert there are none.
+its window, ``reroute`` on a call still ringing unanswered where the daemon transferred it (or
+let go unanswered from there, with the PBX now), and ``violation`` for anything else. Violations
+are kept with the call and in :attr:`CallEngine.violations`, so tests can assert there are none.
 
 HTTP answers: 404 for a call id never announced (harmless: nothing to act on, not classified) and
 for a call that is over (MTT has no leg left), 400 for params that do not match the call or a
@@ -113,5 +113,8 @@ def context(call: SimCall, now: float) -> CommandContext:
         waiting=call.parked and call.command is None,
         window_over=call.deadline is not None and now >= call.deadline,
         sent_here=call.sent_to is not None and call.at == call.sent_to,
+        let_go=(
+            call.sent_to is not None and call.let_go == call.sent_to and call.connected_at is None
+        ),
         maybe_applied=call.maybe_applied,
     )

@@ -69,6 +69,9 @@ class SimConfig:
     """Per workplace ``answer_after_ms`` (``None``: never answers)."""
     ring_timeout_ms: float = 3000.0
     """How long an unanswered workplace rings before ``hiding``."""
+    decline_overrides: Mapping[str, float] = field(default_factory=dict)
+    """Per workplace: it declines a ringing call after this many ms (``hiding`` then, as for a
+    call not answered in time), unless it answers first."""
     talk_ms: float = 1000.0
     record_delay_ms: float = 50.0
     callee_answer_ms: float = 300.0

@@ -152,6 +152,7 @@ async def list_workplaces(request: web.Request) -> web.Response:
             "workplace": w,
             "name": name,
             "answer_after_ms": pbx.answer_after_ms(w),
+            "decline_after_ms": pbx.decline_after_ms(w),
             "terminals": pbx.terminals_of(w),
             "answering_terminal": pbx.answering_terminal(w),
             "busy": pbx.is_busy(w),
@@ -162,21 +163,32 @@ async def list_workplaces(request: web.Request) -> web.Response:
 
 
 async def set_workplace(request: web.Request) -> web.Response:
-    """``POST /_sim/workplaces/{id}`` {answer_after_ms: N or null (never)} or {} (default)."""
+    """``POST /_sim/workplaces/{id}`` {answer_after_ms?: N or null (never), decline_after_ms?:
+    N or null (does not)} or {} (both as configured)."""
     sim = _sim(request)
     workplace = request.match_info["id"]
     if workplace not in sim.pbx.workplaces:
         return _bad("no such workplace", 404)
     try:
         body = await _object(request)
-        if "answer_after_ms" in body:
-            sim.set_answer(workplace, _ms(body["answer_after_ms"], "answer_after_ms"))
-        else:
-            sim.pbx.clear_answer(workplace)
+        answer = _ms(body.get("answer_after_ms"), "answer_after_ms")
+        declines = _ms(body.get("decline_after_ms"), "decline_after_ms")
     except _Bad as exc:
         return _bad(str(exc))
+    if "answer_after_ms" in body:
+        sim.set_answer(workplace, answer)
+    if "decline_after_ms" in body:
+        sim.set_decline(workplace, declines)
+    if "answer_after_ms" not in body and "decline_after_ms" not in body:
+        sim.pbx.clear_answer(workplace)
+        sim.set_decline(workplace, sim.config.decline_overrides.get(workplace))
+    pbx = sim.pbx
     return web.json_response(
-        {"workplace": workplace, "answer_after_ms": sim.pbx.answer_after_ms(workplace)}
+        {
+            "workplace": workplace,
+            "answer_after_ms": pbx.answer_after_ms(workplace),
+            "decline_after_ms": pbx.decline_after_ms(workplace),
+        }
     )
 
 

@@ -131,6 +131,10 @@ class Simulator:
         """Make ``workplace`` answer after ``after_ms`` from now on (``None``: never)."""
         self.pbx.set_answer(workplace, after_ms)
 
+    def set_decline(self, workplace: str, after_ms: float | None) -> None:
+        """Make ``workplace`` decline ringing calls after ``after_ms`` (``None``: it does not)."""
+        self.pbx.set_decline(workplace, after_ms)
+
     def set_parking(self, numbers: Iterable[str], on: bool) -> None:
         """What ``setParkingNumbers`` does; ``ValueError`` naming numbers that are not ours."""
         if unknown := self.pbx.set_parking(numbers, on):

@@ -26,6 +26,8 @@ class Pbx:
         """Workplace -> the terminal that picks up (default: its first terminal)."""
         self.routes: dict[str, tuple[str, ...]] = {}
         self.answer_overrides: dict[str, float | None] = {}
+        self.declines: dict[str, float] = {}
+        """Workplace -> after how many ms it declines a ringing call."""
         self.on_call: dict[str, int] = {}
         self._index: dict[str, str] = {}
         self.reset()
@@ -40,6 +42,7 @@ class Pbx:
         self.answering = dict(c.answering_terminals)
         self.routes = dict(c.routes)
         self.answer_overrides = dict(c.answer_overrides)
+        self.declines = dict(c.decline_overrides)
         self.on_call = {}
 
     # -- numbers and parking --------------------------------------------------------------
@@ -111,6 +114,17 @@ class Pbx:
     def clear_answer(self, workplace: str) -> None:
         """Back to the configured answer behaviour for ``workplace``."""
         self.answer_overrides.pop(workplace, None)
+
+    def set_decline(self, workplace: str, after_ms: float | None) -> None:
+        """Make ``workplace`` decline ringing calls after ``after_ms`` (``None``: it does not)."""
+        if after_ms is None:
+            self.declines.pop(workplace, None)
+        else:
+            self.declines[workplace] = after_ms
+
+    def decline_after_ms(self, workplace: str) -> float | None:
+        """When ``workplace`` declines a ringing call, or ``None`` if it lets it ring."""
+        return self.declines.get(workplace)
 
     def answer_after_ms(
         self, workplace: str, per_call: Mapping[str, float | None] | None = None

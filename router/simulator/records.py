@@ -166,6 +166,8 @@ class SimCall:
     """The workplace the call rings or talks at now."""
     sent_to: str | None = None
     """The workplace a fine transfer (or re-route) of the daemon named last."""
+    let_go: str | None = None
+    """The last workplace of :attr:`sent_to` that let the call go unanswered (``hiding``)."""
     maybe_applied: bool = False
     """A command for the call was answered 5xx or not at all: it may have been applied."""
     workplace: str | None = None

@@ -19,6 +19,7 @@ from router.state.memory import (
     MemoryCallStore,
     MemoryOAuthStates,
     MemoryPresence,
+    MemoryReroutes,
 )
 from router.state.protocols import (
     CallStore,
@@ -26,6 +27,7 @@ from router.state.protocols import (
     LearnedStore,
     OAuthStateStore,
     Presence,
+    Reroutes,
     SharedDirectory,
     SharedRules,
     TokenStore,
@@ -48,6 +50,8 @@ class Stores:
     states: OAuthStateStore
     calls: CallStore
     presence: Presence
+    reroutes: Reroutes = field(default_factory=MemoryReroutes)
+    """No-answer re-routes: the "answered" mark and the hop claims (rules ``no_answer``)."""
     clients: ClientStore | None = None
     """Per-client edits (``mtt-router clients``, ``/clients/{number}``); a shared storage only."""
     shared_rules: SharedRules | None = None
@@ -87,6 +91,7 @@ async def open_stores(
             states=redis.states,
             calls=redis.calls,
             presence=redis.presence,
+            reroutes=redis.reroutes,
             clients=redis.clients,
             shared_rules=redis.rules,
             shared_directory=redis.directory,
@@ -107,6 +112,7 @@ async def open_stores(
         states=MemoryOAuthStates(),
         calls=MemoryCallStore(spaces={LEARNED_SPACE: learned}),
         presence=MemoryPresence(),
+        reroutes=MemoryReroutes(),
         learned=learned,
         closers=[learned.aclose],
     )

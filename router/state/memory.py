@@ -313,3 +313,68 @@ class MemoryPresence:
     def busy(self) -> frozenset[str]:
         """Workplaces on a call now; the same frozenset until something changes or expires."""
         return self.view.busy()
+
+
+REROUTE_TTL_S = 2 * 3600.0
+"""How long a call's re-route state (answered, hops claimed) is kept: past the longest watch
+(``no_answer`` allows 10 hops of at most 600 s)."""
+MAX_REROUTE_CALLS = 100_000
+
+
+class MemoryReroutes:
+    """:class:`~router.state.protocols.Reroutes` of one process: a bounded dict.
+
+    The check and the claim run without an ``await`` in between, so they are one step. Bounded
+    by count and by time: entries leave :data:`REROUTE_TTL_S` after their last change and, past
+    ``max_calls``, the oldest first (a flood of forged ``connected`` must not grow it). Worst-case
+    memory: ``max_calls`` call ids of at most 256 characters with a small list, about 40 MB.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_calls: int = MAX_REROUTE_CALLS,
+        ttl_s: float = REROUTE_TTL_S,
+    ) -> None:
+        self._clock = clock
+        self._max = max_calls
+        self._ttl_s = ttl_s
+        # call id -> [answered, last hop claimed, expiry], least recently changed first.
+        self._calls: dict[str, list[Any]] = {}
+
+    def bound(self) -> Bound:
+        """Calls held, and the most there can be."""
+        return Bound(len(self._calls), self._max)
+
+    def _sweep(self) -> float:
+        """Drop the expired entries (the oldest first); the time now."""
+        now = self._clock()
+        calls = self._calls
+        while calls:
+            oldest = next(iter(calls))
+            if calls[oldest][2] > now:
+                break
+            del calls[oldest]
+        return now
+
+    def _touch(self, call_id: str, now: float) -> list[Any]:
+        entry = self._calls.pop(call_id, None) or [False, 0, 0.0]
+        entry[2] = now + self._ttl_s
+        self._calls[call_id] = entry  # to the end: the dict stays in expiry order
+        while len(self._calls) > self._max:
+            del self._calls[next(iter(self._calls))]
+        return entry
+
+    async def mark_answered(self, call_id: str) -> None:
+        """No hop of ``call_id`` may be claimed from now on."""
+        self._touch(call_id, self._sweep())[0] = True
+
+    async def claim_hop(self, call_id: str, hop: int) -> bool:
+        """True once per ``hop`` of a call not marked answered (and no later hop claimed)."""
+        now = self._sweep()
+        current = self._calls.get(call_id)
+        if current is not None and (current[0] or current[1] >= hop):
+            return False
+        self._touch(call_id, now)[1] = hop
+        return True

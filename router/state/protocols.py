@@ -158,3 +158,29 @@ class SharedDirectory(Protocol):
     async def watch(self, callback: Callable[[str, int], Awaitable[None]]) -> None:
         """Call ``callback(kind, version)`` for every saved snapshot, until cancelled."""
         ...
+
+
+class Reroutes(Protocol):
+    """No-answer re-routes (rules ``no_answer``), shared by replicas: whether a transferred call
+    was answered, and which re-route ("hop") of it was claimed.
+
+    The check "no ``connected`` seen for the call" and the claim of a hop are one atomic step, so
+    two replicas never both re-route a call and none re-routes a call that was answered.
+    """
+
+    async def mark_answered(self, call_id: str) -> None:
+        """A ``connected`` was seen for ``call_id``: no hop of it may be claimed from now on.
+
+        Raises :class:`~router.errors.StorageError` when the storage did not take it.
+        """
+        ...
+
+    async def claim_hop(self, call_id: str, hop: int) -> bool:
+        """Claim re-route number ``hop`` (1, 2, ...) of ``call_id``: True only when no
+        ``connected`` was marked for the call and nobody claimed this hop (or a later one).
+
+        Raises :class:`~router.errors.StorageError` when the storage cannot answer: no re-route
+        then (a re-route that might be the second one, or come after an answer, is worse than
+        none).
+        """
+        ...

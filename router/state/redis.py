@@ -11,6 +11,7 @@ key / channel                    what                                           
 ``tokens:lock``                  refresh lock owner                                     30 s
 ``oauth:state:<state>``          pending OAuth state (GETDEL)                           caller
 ``claim:<call id>``              the replica that decides a call (SET NX)               caller
+``reroute:<call id>``            hash {answered, hop, owner}: no-answer re-routes       2 h
 ``presence``                     zset "<workplace>|<call id>" -> expiry ms              longest
 ``presence:ended``               calls freed lately: a late "busy" for them is refused   1 h
 ``presence:changed``             channel: JSON busy/free messages                       -
@@ -42,6 +43,7 @@ from router.state.redis_conn import HealthProbe, RedisHealth, RedisOps, Role, co
 from router.state.redis_directory import DirectorySnapshot, DirectoryStore
 from router.state.redis_learned import RedisLearned
 from router.state.redis_presence import RedisPresence
+from router.state.redis_reroutes import RedisReroutes
 from router.state.redis_rules import RulesStore
 from router.state.redis_tokens import RedisOAuthStateStore, RedisTokenStore
 
@@ -57,6 +59,7 @@ __all__ = [
     "RedisOAuthStateStore",
     "RedisOps",
     "RedisPresence",
+    "RedisReroutes",
     "RedisStores",
     "RedisTokenStore",
     "RulesStore",
@@ -78,6 +81,7 @@ class RedisStores:
     rules: RulesStore
     clients: ClientMap
     directory: DirectoryStore
+    reroutes: RedisReroutes
     learned: RedisLearned
     probe: HealthProbe | None = None
 
@@ -125,6 +129,7 @@ async def open_redis_stores(
         rules=RulesStore(ops),
         clients=clients,
         directory=DirectoryStore(ops),
+        reroutes=RedisReroutes(ops),
         learned=learned,
     )
     await ops.ping()
