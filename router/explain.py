@@ -134,7 +134,7 @@ def _steps(
             verdict = sources[name].resolve(context, rules)
             status = NOBODY if verdict.manager is None else NAMED
             told = verdict.reasons or (
-                (_NOTHING.get(name, "nothing"),) if verdict.manager is None else ()
+                (_NOTHING.get(name, "nothing"),) if verdict.manager is None and not extra else ()
             )
             steps.append(SourceStep(name, status, verdict.manager, (*told, *extra)))
             if verdict.manager is not None and first is None:

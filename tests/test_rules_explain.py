@@ -404,3 +404,19 @@ def test_a_bad_config_is_bad_usage(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "mtt.client_id" in result.stderr
     assert result.stdout == ""
+
+
+def test_with_config_an_unreachable_storage_is_said(tmp_path: Path) -> None:
+    """Redis refusing connections: the decision is taken without the storage, as the daemon
+    would, and the client store and learned say that it did not answer."""
+    config = write_config(tmp_path / "config.yaml", "redis://127.0.0.1:1/0")
+    data = json_of(UNKNOWN_CALLER, "--at", MONDAY_10, "--config", str(config))
+    clients, _, learned, _ = data["sources"]
+    assert clients["notes"][-1] == (
+        "client store (redis://127.0.0.1:1/0): no answer (storage unreachable)"
+    )
+    assert (learned["status"], learned["notes"]) == (
+        "nobody",
+        ["the storage did not answer: decided without it"],
+    )
+    assert data["targets"][0]["manager"] == "sidorov"

@@ -118,6 +118,7 @@ def _explain(args: argparse.Namespace) -> int:
             return consulted
         context, sources, skipped, store_note = consulted
         notes["clients"] = (store_note,)
+        notes.update(_unanswered(context, sources))
     origin = _clients_file_note(rules, context)
     if origin is not None:
         notes["clients"] = (origin, *notes["clients"])
@@ -220,6 +221,19 @@ async def _gather(config: Config, rules: Rules, context: CallerContext) -> Consu
                 verdict = await source.fetch(context, rules)
             context = context.with_fetched(source.name, verdict)
     return context, sources, skipped, note
+
+
+def _unanswered(
+    context: CallerContext, sources: Mapping[str, CandidateSource]
+) -> dict[str, tuple[str, ...]]:
+    """Sources (but ``clients``, which says it itself) whose storage reads went unanswered."""
+    if context.caller is None:
+        return {}
+    return {
+        name: ("the storage did not answer: decided without it",)
+        for name, source in sources.items()
+        if name != "clients" and any(r not in context.stored for r in source.reads(context.caller))
+    }
 
 
 def _store_note(context: CallerContext, storage: str, kept: bool) -> str:
