@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,6 +24,7 @@ from router.services import CONFIG, SERVICES, Services
 from router.state.protocols import ClientStore
 
 T = TypeVar("T")
+log = structlog.get_logger("router.admin")
 
 PUBLIC_APP = web.AppKey("public_app", web.Application)
 
@@ -178,14 +180,17 @@ async def client_put(request: web.Request) -> web.Response:
             {"error": f"unknown manager {manager!r} (rules have: {known})"}, status=422
         )
     await _storage(clients.set(number, manager))
+    log.info("client_edited", caller=number, manager=manager, who=request.remote)
     return web.json_response({"number": number, "manager": manager})
 
 
 async def client_delete(request: web.Request) -> web.Response:
     """``DELETE /clients/{number}``: forget the caller."""
     clients, number = _client_map(request), _number(request)
+    manager = await _storage(clients.get(number))  # for the log line only
     if not await _storage(clients.delete(number)):
         return web.json_response({"number": number, "error": "not in the client map"}, status=404)
+    log.info("client_edited", caller=number, manager=None, was=manager, who=request.remote)
     return web.json_response({"number": number, "deleted": True})
 
 

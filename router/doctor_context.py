@@ -148,9 +148,8 @@ async def configured_rules(ctx: DoctorContext) -> tuple[str, Rules] | None:
     pulled = None if shared is None else await shared.pull()
     if pulled is None:
         return None
-    version, text = pulled
-    where = f"Redis rules version {version}"
-    return where, load_rules(text, where)
+    where = f"Redis rules version {pulled.version}"
+    return where, load_rules(pulled.text, where, clients_text=pulled.clients)
 
 
 def _rules_file(path: str) -> tuple[str, Rules]:

@@ -57,8 +57,8 @@ async def current_rules(config: Config, stores: RedisStores) -> tuple[int, Rules
     pulled = await stores.rules.pull()
     if pulled is None:
         return None
-    version, text = pulled
-    return version, load_rules(text, f"redis rules version {version}")
+    where = f"redis rules version {pulled.version}"
+    return pulled.version, load_rules(pulled.text, where, clients_text=pulled.clients)
 
 
 def report_rules_error(exc: RulesError) -> int:

@@ -1,7 +1,8 @@
 """``mtt-router rules check|explain``: validate a rules file, and show how a call would be routed.
 
-``push`` and ``pull`` (the rules in Redis) live in :mod:`router.commands.rules_redis`; they are
-added to the same group here, and ``explain`` from :mod:`router.commands.rules_explain`.
+``push``, ``pull``, ``history`` and ``rollback`` (the rules in Redis) live in
+:mod:`router.commands.rules_redis`; they are added to the same group here, and ``explain``
+from :mod:`router.commands.rules_explain`.
 :func:`load_rules_or_report` (from :mod:`router.commands._rules_file`) loads a file and prints its
 problems.
 """
@@ -25,7 +26,8 @@ __all__ = ["load_rules_or_report", "register"]
 
 
 def register(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    """Add the ``rules`` command group: ``check``, ``explain``, ``push`` and ``pull``."""
+    """Add the ``rules`` command group: ``check``, ``explain``, ``push``, ``pull``, ``history``
+    and ``rollback``."""
     actions = add_group(
         sub,
         "rules",

@@ -22,10 +22,12 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 from router.errors import RulesError
 from router.numbers import NumberError, normalize, normalize_prefix
 from router.rules import sections
+from router.rules.client_table import ClientsRequest, read_clients
 from router.rules.model import FORMAT_VERSION, FORMAT_VERSIONS, Manager, Otherwise, Rules
 from router.rules.nodes import INT_TAG, Checker, is_null, line_of, value_of
 from router.rules.read_schedule import read_schedule
 from router.rules.schedule import Schedule
+from router.rules.sections import ClientsReader
 
 TOP_LEVEL_KEYS = (
     "version",
@@ -53,12 +55,12 @@ def load_rules(
     base: Path | None = None,
     clients_text: str | None = None,
     today: date | None = None,
+    clients_reader: ClientsReader = read_clients,
 ) -> Rules:
     """Parse and validate rules; raise :class:`RulesError` listing *all* problems, with lines.
 
-    ``clients_file`` is read relative to ``base`` (the rules file's folder), or taken from
-    ``clients_text`` when its content travels with the rules (``rules push``); ``today`` picks the
-    years the ``calendar`` is loaded for (default: now).
+    ``clients_reader`` reads ``clients_file`` relative to ``base`` (the rules file's folder), or
+    ``clients_text`` when it travels with the rules; ``today`` picks the calendar's years.
     """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -77,7 +79,11 @@ def load_rules(
     if not isinstance(root, MappingNode):
         raise RulesError(source, [(line_of(root), "the rules file must be a mapping of keys")])
     check = Checker()
-    parser = _Parser(check, text, base, clients_text, today or date.today())
+    parser = _Parser(check, text, today or date.today())
+    parser.clients_reader = clients_reader
+    parser.clients_request = lambda name: ClientsRequest(
+        name if base is None else base / name, clients_text, tuple(parser.manager_names)
+    )
     rules = parser.parse(root)
     if check.problems or parser.file_problems or rules is None:
         raise RulesError(source, check.problems, parser.file_problems)
@@ -88,13 +94,12 @@ class _Parser:
     """One pass over a rules document; cross-references use *declared* names, so a broken
     manager is reported once and not again at every client that names it."""
 
-    def __init__(
-        self, check: Checker, text: str, base: Path | None, clients_text: str | None, today: date
-    ) -> None:
+    clients_request: Callable[[Path], ClientsRequest]
+    clients_reader: ClientsReader
+
+    def __init__(self, check: Checker, text: str, today: date) -> None:
         self.check = check
         self.text = text
-        self.base = base
-        self.clients_text = clients_text
         self.today = today
         self.file_problems: list[tuple[str, int, str]] = []
         self.timezone = ZoneInfo("UTC")  # replaced by the file's; keeps schedules checkable
@@ -123,10 +128,9 @@ class _Parser:
             version=version,
             manager_ref=self._manager_ref,
             fallback=self._fallback,
-            managers=self.manager_names,
             clients=clients,
-            base=self.base,
-            clients_text=self.clients_text,
+            request=self.clients_request,
+            reader=self.clients_reader,
             today=self.today,
         )
         self.file_problems = list(v2.file_problems)
@@ -137,7 +141,7 @@ class _Parser:
             timezone=self.timezone,
             managers=managers,
             schedules=schedules,
-            clients={**clients, **v2.file_clients} if v2.file_clients else clients,
+            clients=clients if v2.file_clients is None else v2.file_clients.with_extra(clients),
             prefixes=prefixes,
             fallback=fallback,
             otherwise=otherwise,
@@ -359,11 +363,11 @@ def _choices(names: set[str]) -> str:
     return f" (known: {', '.join(shown[:8])}{more})"
 
 
-def load_rules_file(path: str | os.PathLike[str]) -> Rules:
-    """Read and load a rules file (blocking: the daemon calls it in a thread).
-
-    An unreadable file is a :class:`RulesError` too (line 0), so a reload has one error to catch.
-    """
+def load_rules_file(
+    path: str | os.PathLike[str], *, clients_reader: ClientsReader = read_clients
+) -> Rules:
+    """Read and load a rules file (blocking: the daemon calls it in a thread); an unreadable
+    file is a :class:`RulesError` too (line 0), so a reload has one error to catch."""
     source = os.fspath(path)
     try:
         with open(source, encoding="utf-8-sig") as f:  # -sig: Windows editors add a BOM
@@ -374,7 +378,7 @@ def load_rules_file(path: str | os.PathLike[str]) -> Rules:
         ) from None
     except UnicodeDecodeError as exc:
         raise RulesError(source, [(0, f"the rules file is not UTF-8 text: {exc.reason}")]) from None
-    return load_rules(text, source, base=Path(source).parent)
+    return load_rules(text, source, base=Path(source).parent, clients_reader=clients_reader)
 
 
 def example_rules_text() -> str:

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from zoneinfo import ZoneInfo
 
 from router.rules.calendar import Calendar
+from router.rules.client_table import ClientTable
 from router.rules.schedule import Schedule
 
 FORMAT_VERSION = 2
@@ -98,6 +99,8 @@ class Line:
 
 
 def _frozen(mapping: Mapping[str, str] | None) -> Mapping[str, str]:
+    if isinstance(mapping, ClientTable):
+        return mapping  # immutable already; a million rows are not copied
     return MappingProxyType(dict(mapping or {}))
 
 
@@ -123,7 +126,8 @@ class Rules:
     calendar: Calendar | None = None
     """Days off and moved working days (``calendar``, ``workdays``); ``None``: weekdays only."""
     clients_file: str | None = None
-    """Where the ``clients_file`` entries were read from (already merged into ``clients``)."""
+    """Where the ``clients_file`` entries were read from (already merged into ``clients``, then a
+    :class:`~router.rules.client_table.ClientTable`)."""
     learn: Learn | None = None
     lookup: Lookup | None = None
     no_answer: NoAnswer | None = None

@@ -7,10 +7,9 @@ file that uses one is told to say ``version: 2``). Each reader reports problems 
 
 from __future__ import annotations
 
-import io
 import os
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from datetime import date
 from pathlib import Path
 from types import MappingProxyType
@@ -23,10 +22,14 @@ from router.config_read import expand_env
 from router.numbers import NumberError, normalize
 from router.rules import calendar as calendars
 from router.rules.calendar import Calendar, CalendarError
+from router.rules.client_table import ClientsRead, ClientsRequest, ClientTable
 from router.rules.model import DEFAULT_ORDER, Learn, Line, Lookup, NoAnswer, Otherwise
 from router.rules.nodes import Checker, is_null, line_of
 from router.rules.schedule import ScheduleSyntaxError, parse_date
-from router.state.clients_csv import BatchReader, read_csv_rows
+
+ClientsReader = Callable[[ClientsRequest], ClientsRead]
+"""Reads one ``clients_file`` (:func:`router.rules.client_table.read_clients`, or the daemon's
+reader that hands a big file to a child process)."""
 
 V2_KEYS = (
     "calendar",
@@ -242,38 +245,33 @@ def lines(
 def clients_file(
     check: Checker,
     node: Node,
-    base: Path | None,
-    text: str | None,
-    managers: Collection[str],
+    request: Callable[[Path], ClientsRequest],
+    reader: ClientsReader,
     clients: Mapping[str, str],
-) -> tuple[str | None, dict[str, str], list[tuple[str, int, str]]]:
-    """``clients_file``: its path, its ``number -> manager`` rows and its problems as
-    ``(path, line, message)``. ``text`` is the file's content when it travels with the rules
-    (``rules push``); else the file is read relative to ``base`` (the rules file's folder)."""
+) -> tuple[str | None, ClientTable | None, list[tuple[str, int, str]]]:
+    """``clients_file``: its path, its rows and its problems as ``(path, line, message)``.
+
+    ``request(path)`` says where the content comes from (the file, relative to the rules file's
+    folder, or the text pushed with the rules); ``reader`` reads it (in this thread, or in a
+    child process for a big file: :mod:`router.rules.clients_worker`)."""
     name = check.text(node, "clients_file")
     if name is None:
-        return None, {}, []
-    path = Path(name) if base is None else base / name
-    if text is None:
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            check.fail(node, f"clients_file: cannot read {str(path)!r}: {reason or exc}")
-            return str(path), {}, []
-    reader = BatchReader(read_csv_rows(io.StringIO(text)), managers=managers, batch_size=1 << 30)
-    rows: dict[str, str] = {}
-    for batch in reader:
-        rows.update(batch)
-    problems = [(str(path), line, message) for line, message in reader.problems]
-    both = [number for number in rows if number in clients]
+        return None, None, []
+    wanted = request(Path(name))
+    read = reader(wanted)
+    path = str(wanted.path)
+    if read.error is not None:
+        check.fail(node, f"clients_file: {read.error}")
+        return path, None, []
+    problems = [(path, line, message) for line, message in read.problems]
+    both = [number for number in clients if number in read.table]
     if both:
         check.fail(
             node,
             f"clients_file: {len(both)} number(s) also in clients, e.g. {both[0]} "
             "(keep each number in one place)",
         )
-    return str(path), rows, problems
+    return path, read.table, problems
 
 
 class Version2(NamedTuple):
@@ -281,7 +279,7 @@ class Version2(NamedTuple):
 
     calendar: Calendar | None = None
     clients_file: str | None = None
-    file_clients: Mapping[str, str] = MappingProxyType({})
+    file_clients: ClientTable | None = None
     file_problems: tuple[tuple[str, int, str], ...] = ()
     learn: Learn | None = None
     lookup: Lookup | None = None
@@ -297,10 +295,9 @@ def read_version2(
     version: int | None,
     manager_ref: ManagerRef,
     fallback: Callable[[Node | None, str], tuple[tuple[str, ...], Otherwise]],
-    managers: Collection[str],
     clients: Mapping[str, str],
-    base: Path | None,
-    clients_text: str | None,
+    request: Callable[[Path], ClientsRequest],
+    reader: ClientsReader,
     today: date,
 ) -> Version2:
     """Read every version-2 key present in ``top``; in a version-1 file each is an error."""
@@ -321,12 +318,10 @@ def read_version2(
         except CalendarError as exc:
             check.fail(node["calendar"], str(exc))
     path: str | None = None
-    rows: dict[str, str] = {}
+    rows: ClientTable | None = None
     problems: list[tuple[str, int, str]] = []
     if "clients_file" in node and not is_null(node["clients_file"]):
-        path, rows, problems = clients_file(
-            check, node["clients_file"], base, clients_text, managers, clients
-        )
+        path, rows, problems = clients_file(check, node["clients_file"], request, reader, clients)
     return Version2(
         calendar=calendar,
         clients_file=path,

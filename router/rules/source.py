@@ -3,7 +3,9 @@
 :class:`RulesHolder` keeps the rules in use; a reload parses off the event loop and swaps the
 reference in one assignment, so a decision sees either the old rules or the new ones, never a mix.
 An invalid edit keeps the last good rules, logs one line and counts
-``mtt_router_rules_reloads_total{result="error"}``.
+``mtt_router_rules_reloads_total{result="error"}``. A rules file's ``clients_file`` is watched as
+well, and a big one is read in a child process (:mod:`router.rules.clients_worker`): whatever
+its size, the event loop only swaps a reference.
 """
 
 from __future__ import annotations
@@ -20,14 +22,19 @@ import structlog
 
 from router.errors import RulesError, StorageError
 from router.metrics import Metrics
+from router.rules.client_table import ClientsRead, ClientsRequest, Signature
+from router.rules.clients_worker import read_offloaded
 from router.rules.loader import load_rules, load_rules_file
 from router.rules.model import Rules
+from router.rules.sections import ClientsReader
 from router.state.protocols import SharedRules
 
 log = structlog.get_logger("router.rules")
 
 FILE_POLL_INTERVAL_S = 1.0
 """How often the rules file's metadata is checked for changes (a stat(), off the event loop)."""
+LOGGED_PROBLEMS = 20
+"""A rejected load logs this many problems (a broken CSV may have thousands), and the count."""
 
 
 @dataclass(frozen=True)
@@ -50,32 +57,40 @@ class RulesHolder:
         self.listeners: list[Callable[[], None]] = []
         """Called after every install (e.g. to check the rules against the PBX's workplaces)."""
 
-    def install(self, rules: Rules, version: int, source: str) -> None:
-        """Make ``rules`` the rules in use."""
+    def install(
+        self, rules: Rules, version: int, source: str, *, load_s: float | None = None
+    ) -> None:
+        """Make ``rules`` the rules in use (``load_s``: how long reading them took)."""
         self.current = LoadedRules(rules, version, source, time.time())
         self.last_error = None
         self._metrics.rules_reloads.labels("ok").inc()
         self._metrics.rules_version.set(version)
         for kind, count in rules.counts().items():
             self._metrics.rules_entries.labels(kind).set(count)
-        log.info("rules_loaded", source=source, version=version, **rules.counts())
+        took = {} if load_s is None else {"load_s": round(load_s, 3)}
+        log.info("rules_loaded", source=source, version=version, **took, **rules.counts())
         for listener in self.listeners:
             listener()
 
     def reject(self, source: str, error: Exception) -> None:
         """Record a failed load; the rules in use stay as they are."""
         lines = error.lines() if isinstance(error, RulesError) else [f"{source}: {error}"]
-        self.last_error = "; ".join(lines)
+        shown = lines[:LOGGED_PROBLEMS]
+        more = {"more_problems": len(lines) - len(shown)} if len(lines) > len(shown) else {}
+        self.last_error = "; ".join(shown) + (
+            f"; ... {len(lines) - len(shown)} more" if more else ""
+        )
         self._metrics.rules_reloads.labels("error").inc()
         log.error(
             "rules_rejected",
             source=source,
-            problems=lines,
+            problems=shown,
+            **more,
             kept_version=self.current.version if self.current else None,
         )
 
 
-def _file_signature(path: Path) -> tuple[int, int, int] | None:
+def _file_signature(path: Path) -> Signature | None:
     try:
         st = path.stat()
     except OSError:
@@ -83,13 +98,49 @@ def _file_signature(path: Path) -> tuple[int, int, int] | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-class FileRulesSource:
-    """Rules from a YAML file, reloaded when the file changes and on :meth:`reload` (SIGHUP)."""
+@dataclass(frozen=True)
+class _Seen:
+    """What the last load read: the rules file and its ``clients_file`` (path and signature)."""
 
-    def __init__(self, path: str | os.PathLike[str], holder: RulesHolder) -> None:
+    rules: Signature | None = None
+    clients_path: Path | None = None
+    clients: Signature | None = None
+
+
+class _Recorder:
+    """A clients reader that remembers what it read (the watcher compares signatures)."""
+
+    def __init__(self, reader: ClientsReader) -> None:
+        self._reader = reader
+        self.request: ClientsRequest | None = None
+        self.read: ClientsRead | None = None
+
+    def __call__(self, request: ClientsRequest) -> ClientsRead:
+        self.request = request
+        self.read = self._reader(request)
+        return self.read
+
+
+class FileRulesSource:
+    """Rules from a YAML file, reloaded when the file or its ``clients_file`` changes and on
+    :meth:`reload` (SIGHUP).
+
+    A changed ``clients_file`` is reloaded once it has stopped changing for a poll interval, so
+    a CRM export written in place is not read half-way (an atomic rename is seen at once).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        holder: RulesHolder,
+        *,
+        clients_reader: ClientsReader = read_offloaded,
+    ) -> None:
         self.path = Path(path)
         self.holder = holder
-        self._signature: tuple[int, int, int] | None = None
+        self._clients_reader = clients_reader
+        self._seen = _Seen()
+        self._settling: Signature | None = None
         self._version = 0
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -108,30 +159,60 @@ class FileRulesSource:
             self._task = None
 
     async def reload(self, reason: str) -> bool:
-        """Parse the file in a thread and install it; False (rules kept) if it is invalid."""
+        """Parse the file (and its ``clients_file``) off the event loop and install it; False
+        (rules kept) if it is invalid."""
         async with self._lock:
+            started = time.monotonic()
             signature = await asyncio.to_thread(_file_signature, self.path)
+            recorder = _Recorder(self._clients_reader)
             try:
-                rules = await asyncio.to_thread(load_rules_file, self.path)
+                rules = await asyncio.to_thread(load_rules_file, self.path, clients_reader=recorder)
             except (RulesError, OSError, UnicodeDecodeError) as exc:
-                self._signature = signature
+                self._remember(signature, recorder)
                 if isinstance(exc, OSError):
                     exc = RulesError(str(self.path), [(0, f"cannot read: {exc.strerror or exc}")])
                 self.holder.reject(str(self.path), exc)
                 return False
-            self._signature = signature
+            self._remember(signature, recorder)
             self._version += 1
             log.info("rules_reload", reason=reason, path=str(self.path))
-            self.holder.install(rules, self._version, str(self.path))
+            self.holder.install(
+                rules, self._version, str(self.path), load_s=time.monotonic() - started
+            )
             return True
+
+    def _remember(self, signature: Signature | None, recorder: _Recorder) -> None:
+        request, read = recorder.request, recorder.read
+        if request is None or read is None or request.text is not None:
+            self._seen = _Seen(signature)
+        else:
+            self._seen = _Seen(signature, request.path, read.signature)
+        self._settling = None
+
+    async def _changed(self) -> str | None:
+        """Why to reload now, if at all."""
+        seen = self._seen
+        rules = await asyncio.to_thread(_file_signature, self.path)
+        if rules is not None and rules != seen.rules:
+            return "file changed"
+        if seen.clients_path is None:
+            return None
+        clients = await asyncio.to_thread(_file_signature, seen.clients_path)
+        if clients == seen.clients:
+            self._settling = None
+            return None
+        if clients is not None and clients != self._settling:
+            self._settling = clients  # changed since the last poll: wait until it holds still
+            return None
+        return "clients_file changed"
 
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(FILE_POLL_INTERVAL_S)
             try:
-                signature = await asyncio.to_thread(_file_signature, self.path)
-                if signature is not None and signature != self._signature:
-                    await self.reload("file changed")
+                reason = await self._changed()
+                if reason is not None:
+                    await self.reload(reason)
             except Exception:  # the watcher must outlive any surprise; say so once per event
                 log.exception("rules_watch_failed", path=str(self.path))
 
@@ -143,11 +224,19 @@ class SharedRulesSource:
     Pub/sub brings a new version within moments (the store also polls, for lost messages). Until
     a version exists the holder stays empty: the daemon is not ready and releases parked calls to
     the PBX. A pushed text that does not load (pushed by another release) keeps the last good rules.
+    The ``clients_file`` content travels with its version (``rules push`` stores both).
     """
 
-    def __init__(self, store: SharedRules, holder: RulesHolder) -> None:
+    def __init__(
+        self,
+        store: SharedRules,
+        holder: RulesHolder,
+        *,
+        clients_reader: ClientsReader = read_offloaded,
+    ) -> None:
         self.store = store
         self.holder = holder
+        self._clients_reader = clients_reader
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -177,19 +266,25 @@ class SharedRulesSource:
     async def reload(self, reason: str) -> bool:
         """Pull the stored version and install it; False when absent or invalid."""
         async with self._lock:
+            started = time.monotonic()
             pulled = await self.store.pull()
             if pulled is None:
                 log.warning(
                     "rules_redis_empty", hint="push rules with `mtt-router rules push FILE`"
                 )
                 return False
-            version, text = pulled
-            source = f"redis rules version {version}"
+            source = f"redis rules version {pulled.version}"
             try:
-                rules = await asyncio.to_thread(load_rules, text, source)
+                rules = await asyncio.to_thread(
+                    load_rules,
+                    pulled.text,
+                    source,
+                    clients_text=pulled.clients,
+                    clients_reader=self._clients_reader,
+                )
             except RulesError as exc:
                 self.holder.reject(source, exc)
                 return False
             log.info("rules_reload", reason=reason, source=source)
-            self.holder.install(rules, version, "redis")
+            self.holder.install(rules, pulled.version, "redis", load_s=time.monotonic() - started)
             return True

@@ -130,11 +130,21 @@ class LearnedStore(Protocol):
         ...
 
 
+class PushedRules(NamedTuple):
+    """One pushed rules version: its number, its text, its ``clients_file`` content (if any)."""
+
+    version: int
+    text: str
+    clients: str | None
+    clients_file: str = ""
+    """The ``clients_file`` as the rules name it (where ``rules pull`` writes ``clients``)."""
+
+
 class SharedRules(Protocol):
     """Rules versions pushed with ``mtt-router rules push``, followed by every replica."""
 
-    async def pull(self) -> tuple[int, str] | None:
-        """``(version, text)`` of the current version, or ``None`` before the first push."""
+    async def pull(self) -> PushedRules | None:
+        """The current version, or ``None`` before the first push."""
         ...
 
     async def watch(

@@ -56,7 +56,7 @@ async def test_push_pull_version(ops: RedisOps) -> None:
     assert await store.push("version: 1 # a\n", source="a.yaml") == 1
     assert await store.push("version: 1 # b\n") == 2
     assert await store.version() == 2
-    assert await store.pull() == (2, "version: 1 # b\n")
+    assert await store.pull() == (2, "version: 1 # b\n", None, "")
     assert await ops.client.hget(store.key, "source") == ""
 
 
@@ -126,4 +126,4 @@ async def test_watcher_survives_a_redis_restart(
         )
         assert version == 1
         assert await watch.next(6.0) == 1
-    assert await follower.pull() == (1, "after restart")
+    assert await follower.pull() == (1, "after restart", None, "")
