@@ -4,8 +4,11 @@ Everything runs in this process on loopback: the MTT simulator, the daemon (memo
 packaged example rules), the OAuth login through the daemon's own ``/oauth/start``. The clock that
 schedules see is pinned to a working Tuesday, 11:00 in Moscow, so the mix is the same at any hour:
 known clients reach their manager, St Petersburg numbers match the ``+7812`` prefix, unknown callers
-go to the duty manager, Kuznetsova's clients find her off schedule (she works Mon/Wed/Fri), and a
-manager already on a call is skipped.
+go to the duty manager, Kuznetsova's clients find her off schedule (she works Mon/Wed/Fri) and
+reach her deputy, and a manager already on a call is skipped. Then two scripted calls show rules
+version 2 at work (:mod:`router.demo_story`): a lesson learned from a conversation routes the
+caller's next call, and a call nobody picks up moves on to the deputy. The example's ``lookup`` is
+commented out (its CRM does not exist), so the demo needs no network.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import aiohttp
 
 from router.config import Config, parse_config
 from router.daemon import serve
+from router.demo_story import DEMO_TIMINGS_NOTE, Story, demo_rules_text, play
 from router.exits import Exit
 from router.logs import setup_cli_logging, setup_daemon_logging
 from router.numbers import normalize
@@ -35,7 +39,7 @@ from router.rules.loader import (
     EXAMPLE_RULES,
     example_clients_text,
     example_rules_text,
-    load_example_rules,
+    load_rules,
 )
 from router.rules.model import Rules
 from router.simulator import CallOutcome, SimCall, SimConfig, serve_simulator
@@ -60,6 +64,8 @@ class DemoResult:
     """What the demo measured."""
 
     by_kind: dict[str, Tally]
+    story: Story | None = None
+    """Rules version 2 at work: a lesson learned, a no-answer re-route (``demo_story``)."""
 
     @property
     def total(self) -> Tally:
@@ -72,7 +78,8 @@ class DemoResult:
 
     def to_json(self) -> dict[str, Any]:
         rows = {kind: _row(t) for kind, t in self.by_kind.items()}
-        return {"kinds": rows, "total": _row(self.total)}
+        story = self.story.to_json() if self.story is not None else None
+        return {"kinds": rows, "total": _row(self.total), "story": story}
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -159,11 +166,12 @@ async def run_demo(
 ) -> DemoResult:
     """Run the whole demo; print progress to ``out`` (None: silent). Logging is the caller's."""
     rng = random.Random(seed)
-    rules = load_example_rules()
+    text = demo_rules_text(example_rules_text())
+    rules = load_rules(text, EXAMPLE_RULES, clients_text=example_clients_text())
     pools = _callers(rules, rng)
     with tempfile.TemporaryDirectory(prefix="mtt-router-demo-") as tmp:
         workdir = Path(tmp)
-        (workdir / EXAMPLE_RULES).write_text(example_rules_text(), encoding="utf-8")
+        (workdir / EXAMPLE_RULES).write_text(text, encoding="utf-8")
         (workdir / EXAMPLE_CLIENTS).write_text(example_clients_text(), encoding="utf-8")
         sim_config = SimConfig(answer_after_ms=80.0, talk_ms=400.0, record_delay_ms=20.0)
         async with serve_simulator(sim_config) as sim:
@@ -177,7 +185,9 @@ async def run_demo(
                 await asyncio.wait_for(ready.wait(), 10)
                 sim.webhook_url = f"http://127.0.0.1:{public}/mtt/events"
                 await _login(admin)
-                return await _place_calls(sim, rules, pools, calls, rate, rng, out)
+                result = await _place_calls(sim, rules, pools, calls, rate, rng, out)
+                result.story = await play(sim, rules)
+                return result
             finally:
                 stop.set()
                 await daemon
@@ -220,6 +230,7 @@ async def _place_calls(
         if call.decision_latency_s is not None:
             tally.latencies_ms.append(call.decision_latency_s * 1000)
         progress.update(by_kind)
+        await call.wait_done()  # the scripted calls that follow find everyone free
 
     tasks = []
     for _ in range(calls):
@@ -308,7 +319,12 @@ def main(calls: int, rate: float, as_json: bool, write: Callable[[str], Any] = p
         write(format_table(result))
         write("")
         write("personal: transferred to the caller's own manager (client list or prefix);")
-        write("fallback: to the duty manager; to PBX: released with terminateCall;")
+        write("fallback: to a deputy or the duty manager; to PBX: released with terminateCall;")
         write("missed: no command inside MTT's 5 s parking window.")
+        if result.story is not None:
+            write("")
+            write(f"Rules version 2 at work ({DEMO_TIMINGS_NOTE}):")
+            for line in result.story.lines():
+                write(f"  {line}")
         write(f"Daemon log (one JSON line per decision, with reasons): {log_path}")
     return Exit.OK if result.total.outcomes["missed"] == 0 else Exit.FAILED
