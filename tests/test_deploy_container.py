@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from ipaddress import ip_address, ip_network
@@ -290,3 +291,34 @@ def test_the_trusted_proxy_is_the_networks_gateway() -> None:
     network = ip_network(subnet["subnet"])
     trusted = replica_config()["server"]["trusted_proxies"]
     assert [ip_address(a) for a in trusted] == [network.network_address + 1]
+
+
+def test_promtool_accepts_the_prometheus_config(tmp_path: Path) -> None:
+    """Debian's promtool (the monitoring tests install it) checks deploy/docker/prometheus.yml
+    with its rule file and the token file at temp copies of where compose puts them."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (scripts/test installs Debian's prometheus)")
+    data = compose()
+    prometheus = data["services"]["prometheus"]
+    targets = {c["source"]: c["target"] for c in prometheus["configs"]}
+    (secret,) = prometheus["secrets"]
+    text = (ROOT / data["configs"]["prometheus_config"]["file"]).read_text(encoding="utf-8")
+    rules = ROOT / data["configs"]["prometheus_rules"]["file"]
+    shutil.copy(rules, tmp_path / "rules.yml")
+    (tmp_path / "token").write_text("t" * 24, encoding="utf-8")
+    for old, new in (
+        (f"- {targets['prometheus_rules']}\n", f"- {tmp_path / 'rules.yml'}\n"),
+        (f"credentials_file: /run/secrets/{secret}\n", f"credentials_file: {tmp_path / 'token'}\n"),
+    ):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (tmp_path / "prometheus.yml").write_text(text, encoding="utf-8")
+    done = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
