@@ -1,4 +1,5 @@
-"""The admin listener (loopback by default): metrics, health, readiness, status, OAuth start.
+"""The admin listener (loopback by default): metrics, health, readiness, status (JSON, and the
+status page at ``/``), OAuth start.
 
 It shares the daemon's :class:`~router.services.Services` with the public app, which owns them.
 Who may use which path (the Host check, ``server.admin_token``, the browser login) is one
@@ -7,11 +8,9 @@ middleware, :class:`~router.admin_auth.AdminAuth`: handlers here check nothing t
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
@@ -20,8 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from router.admin_auth import AdminAuth
 from router.errors import StorageError
 from router.numbers import NumberError, normalize
+from router.overview import gather
 from router.services import CONFIG, SERVICES, Services
 from router.state.protocols import ClientStore
+from router.status_page import PAGE_HEADERS, render
 
 T = TypeVar("T")
 log = structlog.get_logger("router.admin")
@@ -86,51 +87,17 @@ async def oauth_start(request: web.Request) -> web.Response:
     raise web.HTTPFound(url)
 
 
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
 async def status(request: web.Request) -> web.Response:
-    """Operator's overview: tokens' expiry (never the tokens), rules, directory, engine."""
-    services = _services(request)
-    loaded = services.rules.current
-    rules: dict[str, Any] = {"loaded": loaded is not None, "last_error": services.rules.last_error}
-    if loaded is not None:
-        rules |= {
-            "version": loaded.version,
-            "source": loaded.source,
-            "loaded_at": _iso(loaded.loaded_at),
-            "counts": loaded.rules.counts(),
-        }
-    directory = services.directory
-    body = {
-        "started_at": _iso(services.started_at),
-        "tokens": services.tokens.status(),
-        "rules": rules,
-        "directory": {
-            "numbers": sorted(directory.raw_numbers) if directory.numbers is not None else None,
-            "parked_numbers": sorted(directory.parked),
-            "workplaces": (
-                None
-                if directory.workplaces is None
-                else [{"workplace": k, "name": v} for k, v in sorted(directory.workplaces.items())]
-            ),
-        },
-        "engine": {
-            "inflight": services.engine.inflight,
-            "busy": sorted(services.stores.presence.busy()),
-        },
-        "storage": services.stores.description,
-        "sources": services.guard.sources(),
-        "bounds": {name: bound._asdict() for name, bound in services.bounds().items()},
-        "tasks": len(asyncio.all_tasks()),
-        "rollout": services.rollout.status(
-            directory.raw_numbers if directory.numbers is not None else None
-        ),
-    }
-    return web.json_response(body)
+    """Operator's overview as JSON (:func:`router.overview.gather`; never a token)."""
+    return web.json_response(gather(_services(request)))
+
+
+async def page(request: web.Request) -> web.Response:
+    """``GET /``: the status page, the same overview as ``/status`` for a person."""
+    body = render(gather(_services(request)))
+    return web.Response(
+        text=body, content_type="text/html", charset="utf-8", headers=dict(PAGE_HEADERS)
+    )
 
 
 def _client_map(request: web.Request) -> ClientStore:
@@ -222,4 +189,5 @@ def create_admin_app(public_app: web.Application) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/oauth/start", oauth_start)
     app.router.add_get("/status", status)
+    app.router.add_get("/", page)
     return app

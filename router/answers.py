@@ -4,6 +4,9 @@
 ``connected`` somewhere or ``finished`` unanswered: ``personal`` (the caller's own manager's
 workplace), ``fallback`` (a fallback manager's), ``other`` (someone else's) or ``nobody``. In
 shadow mode this is the hit rate of the PBX's own routing: the baseline to compare against.
+
+``on_answer(call_id, workplace)`` hears of each counted call too (``None``: nobody answered): the
+status page's per-manager hit rate (:mod:`router.history`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class AnswerTracker:
         max_calls: int = MAX_CALLS,
         ttl_s: float = TTL_S,
         clock: Callable[[], float] = time.monotonic,
+        on_answer: Callable[[str, str | None], None] | None = None,
     ) -> None:
         self._counts = {
             by: metrics.answered.labels(by) for by in ("personal", "deputy", "fallback", "other")
@@ -46,6 +50,7 @@ class AnswerTracker:
         self._max = max_calls
         self._ttl_s = ttl_s
         self._clock = clock
+        self._on_answer = on_answer
         # call id -> (workplace -> role, expiry)
         self._calls: OrderedDict[str, tuple[dict[str, str], float]] = OrderedDict()
 
@@ -76,8 +81,10 @@ class AnswerTracker:
             _, expiry = next(iter(self._calls.values()))
             if expiry > now and len(self._calls) <= self._max:
                 break
-            self._calls.popitem(last=False)
+            gone, _ = self._calls.popitem(last=False)
             self._nobody.inc()
+            if self._on_answer is not None:
+                self._on_answer(gone, None)
 
     def observe(self, call_id: str, state: CallState, workplace: str | None) -> None:
         """A later notification of a call: ``connected`` at ``workplace``, or ``finished``."""
@@ -86,5 +93,9 @@ class AnswerTracker:
             if entry is not None:
                 role = entry[0].get(workplace, "other") if workplace is not None else "other"
                 self._counts[role].inc()
+                if self._on_answer is not None:
+                    self._on_answer(call_id, workplace)
         elif state is CallState.FINISHED and self._calls.pop(call_id, None) is not None:
             self._nobody.inc()
+            if self._on_answer is not None:
+                self._on_answer(call_id, None)

@@ -167,6 +167,10 @@ class Engine:
     def _shed(self, event: CallEvent, received_at: float) -> None:
         # Over the cap: no command at all, the PBX routes the call when parking ends.
         self._outcomes[Outcome.SHED].inc()
+        if self._on_decision is not None:  # counted by the status page's history, not listed
+            self._on_decision(
+                DecisionRecord(event.call.id, event.caller.number, None, Outcome.SHED)
+            )
         if (held := self._shed_lines.allow(received_at)) is not None:
             log.warning(
                 "decision_shed",

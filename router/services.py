@@ -29,6 +29,7 @@ from router.directory import Directory
 from router.edge import SourceGuard
 from router.engine import Engine
 from router.errors import ConfigError, StorageError
+from router.history import DecisionHistory
 from router.learning import LearningTracker
 from router.lookup import LOOKUP, LookupSource, make_lookup_session
 from router.metrics import Metrics
@@ -67,6 +68,8 @@ class Services:
     """The decided calls followed until they end (rules ``learn``)."""
     lookup: LookupSource | None = None
     """The CRM lookup (rules ``lookup``), on its own pooled session."""
+    history: DecisionHistory | None = None
+    """The recent decisions, for the status page and ``/status`` "history"."""
 
     def bounds(self) -> dict[str, Bound]:
         """How full every bounded in-process map is, by name (``/status`` "bounds")."""
@@ -89,6 +92,8 @@ class Services:
             found["learning"] = self.learning.bound()
         if self.lookup is not None:
             found["lookup_cache"] = self.lookup.bound()
+        if self.history is not None:
+            found["history"] = self.history.bound()
         return dict(sorted(found.items()))
 
     async def reload_rules(self, reason: str) -> bool:
@@ -254,6 +259,7 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
         sources: dict[str, CandidateSource] = dict(DEFAULT_SOURCES)
         sources[LOOKUP] = lookup
         learning = LearningTracker(stores.learned, holder)
+        history = DecisionHistory()
         engine = Engine(
             metrics=metrics,
             commander=mtt,
@@ -266,7 +272,8 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             # Sources that need a resource (a CRM lookup's session) are added to these here.
             sources=sources,
             rollout=rollout,
-            answers=AnswerTracker(metrics),
+            answers=AnswerTracker(metrics, on_answer=history.answered),
+            on_decision=history.record,
             learning=learning,
             max_inflight=config.server.max_inflight,
             reroutes=stores.reroutes,
@@ -292,5 +299,6 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
             capture=capture,
             lookup=lookup,
             learning=learning,
+            history=history,
         )
         yield
