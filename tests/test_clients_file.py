@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 import structlog
 
-from router.errors import RulesError
 from router.numbers import normalize
-from router.rules import clients_worker
+from router.rules import load_worker
 from router.rules.client_table import ClientsRequest, ClientTable, read_clients
-from router.rules.loader import load_rules_file
 from router.simulator import SimConfig
 from tests.fixtures.daemon import (
     IVANOV_WP,
@@ -133,43 +131,49 @@ def test_the_table_is_a_mapping_and_pickles_as_buffers() -> None:
     assert dict(again) == dict(table)
 
 
-def test_a_big_file_is_read_in_a_child_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Past the size limit the child reads it: the same rows, problems and signature as a read
-    here (which is made impossible for the test)."""
+def test_rules_are_loaded_in_a_child_process(tmp_path: Path) -> None:
+    """The child's rules are the ones a load here gives (clients, managers, the file's
+    signature); so are its errors, named by line."""
     csv = tmp_path / "clients.csv"
-    rows = [f"7911{i:07d},{MANAGERS[i % 3]}" for i in range(5000)] + ["79110000000,ghost", "x,y"]
+    rows = [f"7911{i:07d},{MANAGERS[i % 3]}" for i in range(5000)]
     csv.write_text("number,manager\n" + "\n".join(rows) + "\n", encoding="utf-8")
-    request = ClientsRequest(csv, None, MANAGERS)
-    here = read_clients(request)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_V2, encoding="utf-8")
+    job = load_worker.Job(str(rules), path=str(rules))
+    here, child = load_worker.load_here(job), load_worker.load_in_child(job)
+    assert here.rules is not None
+    assert child.rules is not None
+    assert dict(child.rules.clients) == dict(here.rules.clients)
+    assert len(child.rules.clients) == 5000
+    assert child.rules.managers == here.rules.managers
+    assert (child.clients_path, child.clients_signature) == (csv, here.clients_signature)
+    assert child.clients_signature is not None
 
-    def not_here(_request: ClientsRequest) -> None:
-        raise AssertionError("read in the daemon's process")
+    csv.write_text("number,manager\n79110000000,ghost\nx,y\n", encoding="utf-8")
+    broken = load_worker.load_in_child(job)
+    assert broken.rules is None
+    assert broken.error is not None
+    assert broken.error.lines() == [
+        f"{csv}:2: unknown manager 'ghost'",
+        f"{csv}:3: not a phone number: 'x'",
+    ]
 
-    monkeypatch.setattr(clients_worker, "OFFLOAD_BYTES", 0)
-    monkeypatch.setattr(clients_worker, "read_clients", not_here)
-    child = clients_worker.read_offloaded(request)
-    assert (dict(child.table), child.problems, child.signature) == (
-        dict(here.table),
-        here.problems,
-        here.signature,
-    )
-    assert child.problems == [(5002, "unknown manager 'ghost'"), (5003, "not a phone number: 'x'")]
-    assert len(child.table) == 5000
+    text = load_worker.Job("pushed", text=RULES_V2, clients_text="79110000001,petrova\n")
+    pushed = load_worker.load_in_child(text)
+    assert pushed.rules is not None
+    assert dict(pushed.rules.clients) == {"79110000001": "petrova"}
+    assert pushed.clients_path is None
 
 
 def test_a_failed_child_is_a_load_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The child dies: the rules do not load, and the clients_file line says why."""
-    (tmp_path / "clients.csv").write_text("79110000001,ivanov\n", encoding="utf-8")
+    """The child dies: the rules do not load, and the line says why."""
     rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES_V2, encoding="utf-8")
-    monkeypatch.setattr(clients_worker, "OFFLOAD_BYTES", 0)
     monkeypatch.setattr(sys, "executable", "/bin/false")
-    with pytest.raises(RulesError) as info:
-        load_rules_file(rules, clients_reader=clients_worker.read_offloaded)
-    assert info.value.lines() == [
-        f"{rules}:7: clients_file: the process reading it failed (exit 1: no output)"
+    loaded = load_worker.load_in_child(load_worker.Job(str(rules), path=str(rules)))
+    assert loaded.rules is None
+    assert loaded.error is not None
+    assert loaded.error.lines() == [
+        f"{rules}:0: the process loading the rules failed (exit 1: no output)"
     ]
 
 
@@ -188,13 +192,12 @@ async def reloads(daemon: RunningDaemon, result: str, count: int) -> None:
 
 
 async def test_a_running_daemon_follows_the_csv(
-    start_daemon: StartDaemon, tmp_path: Path, logs: Logs, monkeypatch: pytest.MonkeyPatch
+    start_daemon: StartDaemon, tmp_path: Path, logs: Logs
 ) -> None:
-    """Edited in place or replaced, the CSV is reloaded and the next call follows it; a broken
-    CSV keeps the last good clients, with one log line naming CSV:LINE and an error counted;
-    SIGHUP reloads it when the watcher could not tell (same size, time and inode). The child
-    process reads it (the size limit is lowered to 0)."""
-    monkeypatch.setattr(clients_worker, "OFFLOAD_BYTES", 0)
+    """Edited in place or replaced, the CSV is reloaded (in a child process) and the next call
+    follows it; a broken CSV keeps the last good clients, with one log line naming CSV:LINE and
+    an error counted; SIGHUP reloads it when the watcher could not tell (same size, time and
+    inode)."""
     csv = tmp_path / "clients.csv"
     csv.write_text("number,manager\n79110000001,ivanov\n", encoding="utf-8")
     daemon = await start_daemon(rules=RULES_V2)

@@ -4,7 +4,7 @@ A dict of a million ``str -> str`` entries costs ~150 MB, and copying or freeing
 of tens of milliseconds that stalls the event loop. :class:`ClientTable` keeps each number as one
 int64 in a sorted array (the digits after a leading ``1``, so ``0123`` keeps its zero) and each
 manager as a 16-bit index: ~10 MB for a million rows, freed at once, pickled as two byte buffers
-(:mod:`router.rules.clients_worker` reads big files in a child process). A lookup is a binary
+(the daemon's reloads run in a child process: :mod:`router.rules.load_worker`). A lookup is a binary
 search. Numbers too long for an int64 go in a small dict, with the rules' own ``clients``.
 
 :func:`read_clients` reads the CSV (``number,manager``; ``,`` ``;`` or tab; a header line and

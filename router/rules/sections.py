@@ -28,8 +28,8 @@ from router.rules.nodes import Checker, is_null, line_of
 from router.rules.schedule import ScheduleSyntaxError, parse_date
 
 ClientsReader = Callable[[ClientsRequest], ClientsRead]
-"""Reads one ``clients_file`` (:func:`router.rules.client_table.read_clients`, or the daemon's
-reader that hands a big file to a child process)."""
+"""Reads one ``clients_file`` (:func:`router.rules.client_table.read_clients`, or a wrapper that
+keeps what it read: the daemon's watcher, ``rules push``)."""
 
 V2_KEYS = (
     "calendar",
@@ -252,8 +252,7 @@ def clients_file(
     """``clients_file``: its path, its rows and its problems as ``(path, line, message)``.
 
     ``request(path)`` says where the content comes from (the file, relative to the rules file's
-    folder, or the text pushed with the rules); ``reader`` reads it (in this thread, or in a
-    child process for a big file: :mod:`router.rules.clients_worker`)."""
+    folder, or the text pushed with the rules); ``reader`` reads it."""
     name = check.text(node, "clients_file")
     if name is None:
         return None, None, []

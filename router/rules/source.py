@@ -4,8 +4,8 @@
 reference in one assignment, so a decision sees either the old rules or the new ones, never a mix.
 An invalid edit keeps the last good rules, logs one line and counts
 ``mtt_router_rules_reloads_total{result="error"}``. A rules file's ``clients_file`` is watched as
-well, and a big one is read in a child process (:mod:`router.rules.clients_worker`): whatever
-its size, the event loop only swaps a reference.
+well. Every reload after the start runs in a child process (:mod:`router.rules.load_worker`):
+whatever the rules' size, the daemon's event loop only swaps a reference.
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ import structlog
 
 from router.errors import RulesError, StorageError
 from router.metrics import Metrics
-from router.rules.client_table import ClientsRead, ClientsRequest, Signature
-from router.rules.clients_worker import read_offloaded
-from router.rules.loader import load_rules, load_rules_file
+from router.rules.client_table import Signature
+from router.rules.load_worker import Job, Loaded, load_here, load_in_child
 from router.rules.model import Rules
-from router.rules.sections import ClientsReader
 from router.state.protocols import SharedRules
 
 log = structlog.get_logger("router.rules")
@@ -107,38 +105,26 @@ class _Seen:
     clients: Signature | None = None
 
 
-class _Recorder:
-    """A clients reader that remembers what it read (the watcher compares signatures)."""
-
-    def __init__(self, reader: ClientsReader) -> None:
-        self._reader = reader
-        self.request: ClientsRequest | None = None
-        self.read: ClientsRead | None = None
-
-    def __call__(self, request: ClientsRequest) -> ClientsRead:
-        self.request = request
-        self.read = self._reader(request)
-        return self.read
+async def _load(job: Job, reason: str) -> Loaded:
+    """The start loads in a thread here (nothing is served yet), every reload in a child."""
+    return await asyncio.to_thread(load_here if reason == "start" else load_in_child, job)
 
 
 class FileRulesSource:
     """Rules from a YAML file, reloaded when the file or its ``clients_file`` changes and on
     :meth:`reload` (SIGHUP).
 
-    A changed ``clients_file`` is reloaded once it has stopped changing for a poll interval, so
-    a CRM export written in place is not read half-way (an atomic rename is seen at once).
+    A changed ``clients_file`` is reloaded once it has held still for a poll interval, so a CRM
+    export being written is not read half-way (writing it beside and renaming it is safest).
     """
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         holder: RulesHolder,
-        *,
-        clients_reader: ClientsReader = read_offloaded,
     ) -> None:
         self.path = Path(path)
         self.holder = holder
-        self._clients_reader = clients_reader
         self._seen = _Seen()
         self._settling: Signature | None = None
         self._version = 0
@@ -164,30 +150,19 @@ class FileRulesSource:
         async with self._lock:
             started = time.monotonic()
             signature = await asyncio.to_thread(_file_signature, self.path)
-            recorder = _Recorder(self._clients_reader)
-            try:
-                rules = await asyncio.to_thread(load_rules_file, self.path, clients_reader=recorder)
-            except (RulesError, OSError, UnicodeDecodeError) as exc:
-                self._remember(signature, recorder)
-                if isinstance(exc, OSError):
-                    exc = RulesError(str(self.path), [(0, f"cannot read: {exc.strerror or exc}")])
-                self.holder.reject(str(self.path), exc)
+            loaded = await _load(Job(str(self.path), path=str(self.path)), reason)
+            self._seen = _Seen(signature, loaded.clients_path, loaded.clients_signature)
+            self._settling = None
+            if loaded.rules is None:
+                error = loaded.error or RulesError(str(self.path), [(0, "no rules")])
+                self.holder.reject(str(self.path), error)
                 return False
-            self._remember(signature, recorder)
             self._version += 1
             log.info("rules_reload", reason=reason, path=str(self.path))
             self.holder.install(
-                rules, self._version, str(self.path), load_s=time.monotonic() - started
+                loaded.rules, self._version, str(self.path), load_s=time.monotonic() - started
             )
             return True
-
-    def _remember(self, signature: Signature | None, recorder: _Recorder) -> None:
-        request, read = recorder.request, recorder.read
-        if request is None or read is None or request.text is not None:
-            self._seen = _Seen(signature)
-        else:
-            self._seen = _Seen(signature, request.path, read.signature)
-        self._settling = None
 
     async def _changed(self) -> str | None:
         """Why to reload now, if at all."""
@@ -231,12 +206,9 @@ class SharedRulesSource:
         self,
         store: SharedRules,
         holder: RulesHolder,
-        *,
-        clients_reader: ClientsReader = read_offloaded,
     ) -> None:
         self.store = store
         self.holder = holder
-        self._clients_reader = clients_reader
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
@@ -274,17 +246,13 @@ class SharedRulesSource:
                 )
                 return False
             source = f"redis rules version {pulled.version}"
-            try:
-                rules = await asyncio.to_thread(
-                    load_rules,
-                    pulled.text,
-                    source,
-                    clients_text=pulled.clients,
-                    clients_reader=self._clients_reader,
-                )
-            except RulesError as exc:
-                self.holder.reject(source, exc)
+            job = Job(source, text=pulled.text, clients_text=pulled.clients)
+            loaded = await _load(job, reason)
+            if loaded.rules is None:
+                self.holder.reject(source, loaded.error or RulesError(source, [(0, "no rules")]))
                 return False
             log.info("rules_reload", reason=reason, source=source)
-            self.holder.install(rules, pulled.version, "redis", load_s=time.monotonic() - started)
+            self.holder.install(
+                loaded.rules, pulled.version, "redis", load_s=time.monotonic() - started
+            )
             return True
