@@ -62,7 +62,7 @@ class Metrics:
         )
         self.token_refreshes = Counter(
             "mtt_router_token_refreshes",
-            "Access token refreshes, by result (ok, error, invalid_grant, skipped).",
+            "Access token refreshes, by result (ok, error, invalid_grant, skipped, throttled).",
             ["result"],
             registry=r,
         )
@@ -159,3 +159,11 @@ class Metrics:
             ["method"],
             registry=r,
         )
+        # Label values known in advance exist from the start, at 0: an alert on increase() then
+        # sees the first failure too (a series that first appears at 1 shows no increase).
+        for result in ("ok", "error"):
+            self.rules_reloads.labels(result)
+        for result in ("ok", "error", "invalid_grant", "skipped", "throttled"):
+            self.token_refreshes.labels(result)
+        for reason in ("source", "account", "too_large", "bad_request", "timeout"):
+            self.rejected.labels(reason)
