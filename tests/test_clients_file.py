@@ -145,6 +145,8 @@ def test_rules_are_loaded_in_a_child_process(tmp_path: Path) -> None:
     assert child.rules is not None
     assert dict(child.rules.clients) == dict(here.rules.clients)
     assert len(child.rules.clients) == 5000
+    assert child.rules.clients.get("79110000002") == "sidorov"
+    assert dict(pickle.loads(pickle.dumps(child.rules.clients))) == dict(here.rules.clients)
     assert child.rules.managers == here.rules.managers
     assert (child.clients_path, child.clients_signature) == (csv, here.clients_signature)
     assert child.clients_signature is not None

@@ -21,7 +21,7 @@ import io
 import os
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -56,8 +56,8 @@ class ClientTable(Mapping[str, str]):
 
     def __init__(
         self,
-        numbers: array[int],
-        managers: array[int],
+        numbers: Sequence[int],
+        managers: Sequence[int],
         names: tuple[str, ...],
         extra: Mapping[str, str] | None = None,
     ) -> None:
@@ -72,7 +72,7 @@ class ClientTable(Mapping[str, str]):
     ) -> ClientTable:
         """From ``{key: index into names}`` (any order)."""
         order = sorted(keys)
-        code = "H" if len(names) <= 0xFFFF else "I"
+        code = _code(names)
         return cls(array("q", order), array(code, map(keys.__getitem__, order)), names, extra)
 
     def with_extra(self, extra: Mapping[str, str]) -> ClientTable:
@@ -113,8 +113,27 @@ class ClientTable(Mapping[str, str]):
     def __repr__(self) -> str:
         return f"<ClientTable of {len(self)} numbers>"
 
+    def parts(self) -> tuple[Sequence[int], Sequence[int], tuple[str, ...], dict[str, str]]:
+        """What the table is made of: the arrays (or memoryviews: they export their buffers, so
+        :mod:`router.rules.load_worker` sends them without a copy), the names, the extra."""
+        return self._numbers, self._managers, self._names, self._extra
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ClientTable, (self._numbers, self._managers, self._names, self._extra))
+        numbers, managers = _array("q", self._numbers), _array(_code(self._names), self._managers)
+        return (ClientTable, (numbers, managers, self._names, self._extra))
+
+
+def _code(names: tuple[str, ...]) -> str:
+    """The array type code of manager indexes."""
+    return "H" if len(names) <= 0xFFFF else "I"
+
+
+def _array(code: str, values: Sequence[int]) -> array[int]:
+    if isinstance(values, array):
+        return values
+    out = array(code)
+    out.frombytes(memoryview(values).cast("B"))  # type: ignore[arg-type]  # a memoryview, as bytes
+    return out
 
 
 class ClientsRead(NamedTuple):

@@ -17,19 +17,32 @@ import copyreg
 import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from router.errors import RulesError
-from router.rules.client_table import ClientsRead, ClientsRequest, Signature, read_clients
+from router.rules.client_table import (
+    ClientsRead,
+    ClientsRequest,
+    ClientTable,
+    Signature,
+    read_clients,
+)
 from router.rules.loader import load_rules, load_rules_file
 from router.rules.model import Rules
 
 WORKER_TIMEOUT_S = 300.0
+READ_SLICE = 1 << 20
+_HEAD = struct.Struct("<QQ")
+"""The answer's frame: the pickle's size and the number of out-of-band buffers; then each
+buffer's size (8 bytes), the pickle, the buffers."""
 NICE = 10
 """The child's CPU priority below the daemon's: on a busy machine decisions come first."""
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -87,29 +100,85 @@ def load_here(job: Job) -> Loaded:
 
 def load_in_child(job: Job) -> Loaded:
     """:func:`load_here` in ``python -m router.rules.load_worker`` (blocking: call it off the
-    event loop); in this process when no child can be started."""
+    event loop); in this process when no child can be started.
+
+    The answer is read straight into its buffers (the client table's arrays arrive out of band,
+    each read a system call that lets the event loop run): the only work of this thread under
+    the GIL is unpickling the rules, which no longer copies the clients.
+    """
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_PACKAGE_ROOT, path)))}
+    with tempfile.TemporaryFile() as errors:
+        try:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "router.rules.load_worker"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                env=env,
+            )
+        except OSError:
+            return load_here(job)  # no process to be had (a sandbox): block a thread instead
+        timer = threading.Timer(WORKER_TIMEOUT_S, child.kill)  # then every read ends
+        timer.start()
+        loaded: Loaded | None = None
+        with child:  # closes the pipes and waits for it
+            try:
+                loaded = _answer(child, job)
+            finally:
+                timer.cancel()
+                if loaded is None:
+                    child.kill()  # no answer: do not wait for one (a no-op once it exited)
+        code = child.returncode
+        if loaded is not None and code == 0:
+            return loaded
+        errors.seek(0)
+        tail = errors.read().decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+        why = f"exit {code}: {tail[0]}" if code else "it answered no rules"
+        return _failed(job, why)
+
+
+def _answer(child: subprocess.Popen[bytes], job: Job) -> Loaded | None:
+    """Send ``job``, read the framed answer (``None``: the child gave none)."""
+    assert child.stdin is not None
+    assert child.stdout is not None
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "router.rules.load_worker"],
-            input=dumps(job),
-            capture_output=True,
-            timeout=WORKER_TIMEOUT_S,
-            env=env,
-            check=False,
-        )
+        with child.stdin:
+            child.stdin.write(dumps(job))
     except OSError:
-        return load_here(job)  # no process to be had (a sandbox): block a thread instead
-    except subprocess.TimeoutExpired:
-        return _failed(job, f"no answer within {WORKER_TIMEOUT_S:g} s")
-    if done.returncode != 0:
-        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        return _failed(job, f"exit {done.returncode}: {tail[0]}")
-    loaded = pickle.loads(done.stdout)  # our own child's answer
-    if not isinstance(loaded, Loaded):
-        return _failed(job, "it answered no rules")
-    return loaded
+        return None  # it died before reading: its exit code and stderr say why
+    out = child.stdout
+    head = _read(out, _HEAD.size)
+    if head is None:
+        return None
+    size, count = _HEAD.unpack(head)
+    sizes = _read(out, 8 * count)
+    data = _read(out, size)
+    if sizes is None or data is None:
+        return None
+    buffers = []
+    for (length,) in struct.iter_unpack("<Q", sizes):
+        buffer = _read(out, length)
+        if buffer is None:
+            return None
+        buffers.append(buffer)
+    try:
+        loaded = pickle.loads(data, buffers=buffers)  # our own child's answer
+    except Exception:  # a garbled answer is no answer: the caller says so
+        return None
+    return loaded if isinstance(loaded, Loaded) else None
+
+
+def _read(stream: IO[bytes], size: int) -> bytearray | None:
+    """Exactly ``size`` bytes, read in slices (the GIL is free during each read)."""
+    buffer = bytearray(size)
+    view, done = memoryview(buffer), 0
+    while done < size:
+        got = stream.readinto(view[done : done + READ_SLICE])  # type: ignore[attr-defined]
+        if not got:
+            return None
+        done += got
+    return buffer
 
 
 def _failed(job: Job, why: str) -> Loaded:
@@ -125,17 +194,35 @@ def _rules_error(source: str, problems: Any, elsewhere: Any) -> RulesError:
     return RulesError(source, problems, elsewhere)
 
 
-def dumps(value: object) -> bytes:
-    """Pickle ``value``; the rules' read-only mappings and :class:`RulesError` included."""
-    buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+def _table(
+    numbers: bytearray, managers: bytearray, wide: bool, names: tuple[str, ...], extra: Any
+) -> ClientTable:
+    indexes = memoryview(managers).cast("I" if wide else "H")
+    return ClientTable(memoryview(numbers).cast("q"), indexes, names, extra)
+
+
+def _reduce_table(table: ClientTable) -> tuple[Any, ...]:
+    numbers, managers, names, extra = table.parts()
+    views = (pickle.PickleBuffer(numbers), pickle.PickleBuffer(managers))  # type: ignore[arg-type]
+    return (_table, (*views, len(names) > 0xFFFF, names, extra))
+
+
+def dumps(value: object, buffers: list[pickle.PickleBuffer] | None = None) -> bytes:
+    """Pickle ``value``; the rules' read-only mappings and :class:`RulesError` included. With
+    ``buffers``, a client table's arrays go there (out of band) instead of into the pickle."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(
+        out, protocol=5, buffer_callback=None if buffers is None else buffers.append
+    )
     pickler.dispatch_table = {
         **copyreg.dispatch_table,
         MappingProxyType: lambda m: (_proxy, (dict(m),)),
         RulesError: lambda e: (_rules_error, (e.source, e.problems, e.elsewhere)),
     }
+    if buffers is not None:
+        pickler.dispatch_table[ClientTable] = _reduce_table
     pickler.dump(value)
-    return buffer.getvalue()
+    return out.getvalue()
 
 
 def main() -> int:
@@ -148,7 +235,14 @@ def main() -> int:
         return 2
     with contextlib.suppress(OSError):  # not permitted: run at the daemon's priority
         os.nice(NICE)
-    out.write(dumps(load_here(job)))
+    buffers: list[pickle.PickleBuffer] = []
+    data = dumps(load_here(job), buffers)
+    views = [buffer.raw() for buffer in buffers]
+    out.write(_HEAD.pack(len(data), len(views)))
+    out.write(b"".join(struct.pack("<Q", view.nbytes) for view in views))
+    out.write(data)
+    for view in views:
+        out.write(view)
     out.flush()
     return 0
 
