@@ -131,7 +131,8 @@ async def _receive(request: web.Request) -> tuple[web.Response, bytes | None]:
         return _bad(request, 403, "notification for another account", "account", "account"), body
     request.app[NOTIFICATIONS].inc(event)
     request.app[SERVICES].engine.handle(event, received_at)
-    return web.Response(body=_OK), body
+    # text/plain like every other answer here (aiohttp would say application/octet-stream).
+    return web.Response(body=_OK, content_type="text/plain"), body
 
 
 async def oauth_callback(request: web.Request) -> web.Response:

@@ -351,19 +351,22 @@ class Terminal(io.StringIO):
 def test_progress_line_only_on_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """stderr on a terminal gets a progress line (cleared at the end); a pipe gets none."""
+    """stderr on a terminal gets a progress bar (erased at the end); a pipe gets none
+    (tests/test_progress.py runs the command on a real pseudo-terminal)."""
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES, encoding="utf-8")
     path = write_capture(
         tmp_path / "c.jsonl", [(MONDAY_10_MSK, 200, info("a", "trying", IVANOV_CLIENT, NUMBER))]
     )
     assert main(["replay", str(path), "--rules", str(rules)]) == 0
-    assert "replay:" not in capsys.readouterr().err
+    assert "replay c.jsonl" not in capsys.readouterr().err
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("TERM", "xterm")
     assert main(["replay", str(path), "--rules", str(rules)]) == 0
-    assert "\rreplay: " in terminal.getvalue()
-    assert terminal.getvalue().endswith("\r\x1b[K")
+    assert "replay c.jsonl \x1b" in terminal.getvalue()
+    assert "━" in terminal.getvalue()
+    assert terminal.getvalue().endswith("\x1b[2K")  # the bar's line erased
 
 
 async def test_config_consults_the_client_map_without_claiming(

@@ -25,6 +25,7 @@ from router.bench.report import table
 from router.bench.soak import SoakReport, SoakSettings, run_soak
 from router.commands._common import add_json_arg
 from router.exits import Exit
+from router.progress import Bar
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -197,8 +198,10 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
     )
 
 
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def expected_s(settings: BenchSettings, mode: str) -> float | None:
+    """How long the measured work should take (warm-up and runs); ``None`` for a flood."""
+    runs = {"bench": settings.repeat, "soak": 1, "clients": 2}.get(mode)
+    return None if runs is None else settings.warmup_s + runs * settings.duration_s
 
 
 def run(args: argparse.Namespace) -> int:
@@ -208,17 +211,23 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return Exit.USAGE
-    progress = None if args.json else _progress
+    # On a terminal, a bar on stderr for the time the runs should take, the phase lines above
+    # it; elsewhere the phase lines alone (none with --json).
+    bar = Bar(f"bench ({mode_of(args)})", expected_s(settings, mode_of(args)), unit="seconds")
     done: SoakReport | FloodReport
     try:
-        if args.soak:
-            soak = SoakSettings(bench=settings, sample_every_s=args.sample_every)
-            done = runtime.run(run_soak(soak, progress))
-        elif args.flood is not None:
-            flood = FloodSettings(bench=settings, forged=args.flood, concurrency=args.concurrency)
-            done = runtime.run(run_flood(flood, progress))
-        else:
-            report = runtime.run(run_bench(settings, progress=progress))
+        with bar:
+            progress = None if args.json else bar.note
+            if args.soak:
+                soak = SoakSettings(bench=settings, sample_every_s=args.sample_every)
+                done = runtime.run(bar.ticking(run_soak(soak, progress)))
+            elif args.flood is not None:
+                flood = FloodSettings(
+                    bench=settings, forged=args.flood, concurrency=args.concurrency
+                )
+                done = runtime.run(bar.ticking(run_flood(flood, progress)))
+            else:
+                report = runtime.run(bar.ticking(run_bench(settings, progress=progress)))
     except (BenchError, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return Exit.FAILED

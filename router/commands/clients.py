@@ -12,6 +12,7 @@ import csv
 import sys
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from router.commands import clients_learned
@@ -28,6 +29,7 @@ from router.config import Config
 from router.errors import RulesError
 from router.exits import Exit
 from router.numbers import NumberError, normalize
+from router.progress import Bar
 from router.state.clients_csv import check_manager_id
 from router.state.redis import RedisStores
 
@@ -158,7 +160,14 @@ async def _import(args: argparse.Namespace, config: Config, stores: RedisStores)
         return known
     started = time.monotonic()
     try:
-        result = await stores.clients.import_csv(args.file, managers=known, replace=args.replace)
+        # On a terminal, a bar on stderr while the rows go in (erased when done).
+        with Bar(f"import {Path(args.file).name}", _size(args.file)) as bar:
+            result = await stores.clients.import_csv(
+                args.file,
+                managers=known,
+                replace=args.replace,
+                progress=bar.update if bar.drawn else None,
+            )
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         return fail(f"{args.file}: cannot read: {getattr(exc, 'strerror', None) or exc}")
     elapsed_s = time.monotonic() - started
@@ -188,6 +197,13 @@ async def _import(args: argparse.Namespace, config: Config, stores: RedisStores)
                 file=sys.stderr,
             )
     return Exit.OK if result.bad_rows == 0 else Exit.FAILED
+
+
+def _size(path: str) -> float | None:
+    try:
+        return float(max(1, Path(path).stat().st_size))
+    except OSError:
+        return None  # the import says what is wrong with it
 
 
 async def _count(args: argparse.Namespace, config: Config, stores: RedisStores) -> int:

@@ -11,8 +11,8 @@ import argparse
 import asyncio
 import contextlib
 import sys
-import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from router.capture import CaptureError
@@ -21,6 +21,7 @@ from router.commands.rules import load_rules_or_report
 from router.config import Config
 from router.exits import Exit
 from router.logs import setup_cli_logging
+from router.progress import Bar
 from router.replay import (
     Getter,
     Progress,
@@ -40,7 +41,6 @@ PARKED_RULE = (
     "workplace seen in the capture (the PBX side of a showing/connected/hiding leg, or a makeCall "
     "leg); a repeated call id counts as a duplicate."
 )
-PROGRESS_EVERY_S = 0.2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,15 +88,14 @@ def _replay(args: argparse.Namespace) -> int:
             return loaded
         config = loaded
         setup_cli_logging(config.log.level)
-    progress = _Progress() if sys.stderr.isatty() else None
     try:
-        report = asyncio.run(_run(args, rules, against, config, progress))
+        # On a terminal, a bar on stderr while the capture is read (twice), erased at the end.
+        with Bar(f"replay {Path(args.file).name}", _bytes_to_read(args.file)) as bar:
+            progress = bar.update if bar.drawn else None
+            report = asyncio.run(_run(args, rules, against, config, progress))
     except CaptureError as exc:
         print(exc, file=sys.stderr)
         return Exit.FAILED
-    finally:
-        if progress is not None:
-            progress.clear()
     for bad in report.skipped:
         print(f"{args.file}:{bad.line}: {bad.message}", file=sys.stderr)
     if args.json:
@@ -118,6 +117,14 @@ async def _run(
         return await replay(args.file, replayer, progress)
 
 
+def _bytes_to_read(path: str) -> float | None:
+    """What :func:`router.replay.replay` reports progress in: the file's size, read twice."""
+    try:
+        return 2.0 * max(1, Path(path).stat().st_size)
+    except OSError:
+        return None  # replay says what is wrong with it
+
+
 @contextlib.asynccontextmanager
 async def _lookup(config: Config | None) -> AsyncIterator[tuple[dict[str, Getter], str]]:
     """The storage spaces replay can read (the client map), and why the others are not read."""
@@ -133,28 +140,6 @@ async def _lookup(config: Config | None) -> AsyncIterator[tuple[dict[str, Getter
         yield lookup, f"the {stores.description} storage keeps no such map"
     finally:
         await stores.aclose()
-
-
-class _Progress:
-    """One line on a terminal's stderr, rewritten at most every :data:`PROGRESS_EVERY_S`."""
-
-    def __init__(self) -> None:
-        self._shown_at = 0.0
-        self._shown = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - self._shown_at < PROGRESS_EVERY_S:
-            return
-        self._shown_at, self._shown = now, True
-        share = 100.0 * done / total if total else 100.0
-        sys.stderr.write(f"\rreplay: {share:3.0f}% of {total / 2 / 1e6:.1f} MB read twice")
-        sys.stderr.flush()
-
-    def clear(self) -> None:
-        if self._shown:
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
 
 
 # -- output -------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import os
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -196,6 +198,7 @@ class ClientMap:
         *,
         managers: Collection[str] | None = None,
         replace: bool = False,
+        progress: Callable[[int, int], None] | None = None,
     ) -> ImportResult:
         """Add ``NUMBER,MANAGER`` rows from a CSV file (or rows) in pipelined batches.
 
@@ -203,13 +206,14 @@ class ClientMap:
         manager id, or a manager not in ``managers`` (when given) is reported with its line
         number and not imported. With ``replace`` the new map is built aside and swapped in
         atomically, and only if no row was refused (otherwise the map is left as it was).
+        ``progress(bytes read, file size)`` is called after each batch written (a file only).
         """
         if isinstance(source, str | Path):
-            handle = await asyncio.to_thread(Path(source).open, encoding="utf-8-sig", newline="")
-            try:
-                return await self._import(read_csv_rows(handle), managers, replace)
-            finally:
-                handle.close()
+            raw = await asyncio.to_thread(Path(source).open, "rb")
+            with io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as handle:
+                size = os.fstat(raw.fileno()).st_size
+                done = None if progress is None else lambda: progress(raw.tell(), size)
+                return await self._import(read_csv_rows(handle), managers, replace, done)
         return await self._import(enumerate(source, start=1), managers, replace)
 
     async def _import(
@@ -217,6 +221,7 @@ class ClientMap:
         rows: Iterable[tuple[int, Sequence[str]]],
         managers: Collection[str] | None,
         replace: bool,
+        written: Callable[[], None] | None = None,
     ) -> ImportResult:
         reader = BatchReader(iter(rows), managers=managers, batch_size=self.batch_size)
         target = self._ops.key("clients", "import", secrets.token_hex(8)) if replace else self.key
@@ -229,6 +234,8 @@ class ClientMap:
                 while (batch := await upcoming) is not None:
                     upcoming = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
                     added += await self._write_batch(target, batch, temporary=replace)
+                    if written is not None:
+                        written()
             finally:
                 if not upcoming.done():
                     with contextlib.suppress(Exception):
