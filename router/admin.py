@@ -21,6 +21,7 @@ from router.errors import StorageError
 from router.numbers import NumberError, normalize
 from router.overview import gather
 from router.services import CONFIG, SERVICES, Services
+from router.state.clients_csv import check_manager_id
 from router.state.protocols import ClientStore
 from router.status_page import PAGE_HEADERS, render
 
@@ -140,6 +141,10 @@ async def client_put(request: web.Request) -> web.Response:
     manager = body.get("manager") if isinstance(body, dict) else None
     if not isinstance(manager, str) or not manager:
         return web.json_response({"error": 'body must be {"manager": "<manager id>"}'}, status=400)
+    try:
+        check_manager_id(manager)  # the rules check it too, when there are rules
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
     loaded = _services(request).rules.current
     if loaded is not None and manager not in loaded.rules.managers:
         known = ", ".join(sorted(loaded.rules.managers))
