@@ -17,6 +17,8 @@ from router.simulator.config import DOC_CLIENT_ID, DOC_CLIENT_SECRET
 
 CALLER_BASE = 79_210_000_000
 """Callers are ``+7 921 ...`` numbers counted up from here (E.164 digits)."""
+CLIENTS_CSV = "clients.csv"
+"""The rules' ``clients_file`` (beside them) when the callers are listed in a CSV."""
 
 
 def callers(count: int) -> list[str]:
@@ -29,16 +31,41 @@ def manager_id(index: int) -> str:
     return f"m{index:05d}"
 
 
-def rules_yaml(workplaces: list[str] | tuple[str, ...], caller_numbers: list[str]) -> str:
-    """Rules format 1: one always-available manager per workplace, callers round-robin."""
-    lines = ["version: 1", 'timezone: "Europe/Moscow"', "managers:"]
+def rules_yaml(
+    workplaces: list[str] | tuple[str, ...], caller_numbers: list[str], clients_file: str = ""
+) -> str:
+    """Rules format 1: one always-available manager per workplace, callers round-robin; with
+    ``clients_file``, format 2 with the clients in that CSV (:func:`write_clients_csv`)."""
+    version = 2 if clients_file else 1
+    lines = [f"version: {version}", 'timezone: "Europe/Moscow"', "managers:"]
     for i, workplace in enumerate(workplaces):
         lines += [f"  {manager_id(i)}:", f'    workplace: "{workplace}"']
-    lines.append("clients:")
-    for i, number in enumerate(caller_numbers):
-        lines.append(f'  "{number}": {manager_id(i % len(workplaces))}')
+    if clients_file:
+        lines.append(f'clients_file: "{clients_file}"')
+    else:
+        lines.append("clients:")
+        for i, number in enumerate(caller_numbers):
+            lines.append(f'  "{number}": {manager_id(i % len(workplaces))}')
     lines += ["fallback:", "  managers: []", "  otherwise: pbx", ""]
     return "\n".join(lines)
+
+
+def write_clients_csv(path: Path, rows: int, managers: int) -> None:
+    """``rows`` clients as a CRM would export them (``number,manager`` and a header), the
+    callers of :func:`callers` first, managers round-robin as in :func:`rules_yaml`; written
+    beside ``path`` and renamed onto it, so a watcher sees the whole file at once."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    chunk = 100_000
+    with tmp.open("w", encoding="utf-8", newline="") as out:
+        out.write("number,manager\n")
+        for start in range(0, rows, chunk):
+            out.write(
+                "".join(
+                    f"{CALLER_BASE + i},{manager_id(i % managers)}\n"
+                    for i in range(start, min(rows, start + chunk))
+                )
+            )
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -116,9 +143,11 @@ def write_daemon_files(
     log_level: str,
     capture: bool = False,
     max_inflight: int | None = None,
+    clients_file: bool = False,
 ) -> DaemonFiles:
     """Write rules, config and (when given) a tokens file into ``directory``; ``capture`` turns
-    ``log.capture`` on (``capture.jsonl`` there), ``max_inflight`` sets ``server.max_inflight``."""
+    ``log.capture`` on (``capture.jsonl`` there), ``max_inflight`` sets ``server.max_inflight``,
+    ``clients_file`` puts the callers in ``clients.csv`` (rules format 2)."""
     directory.mkdir(parents=True, exist_ok=True)
     files = DaemonFiles(
         config=directory / "config.yaml",
@@ -129,7 +158,10 @@ def write_daemon_files(
         public=public,
         admin=admin,
     )
-    files.rules.write_text(rules_yaml(workplaces, caller_numbers), encoding="utf-8")
+    csv = CLIENTS_CSV if clients_file else ""
+    files.rules.write_text(rules_yaml(workplaces, caller_numbers, csv), encoding="utf-8")
+    if clients_file:
+        write_clients_csv(directory / CLIENTS_CSV, len(caller_numbers), len(workplaces))
     files.config.write_text(config_yaml(files, sim_url, log_level, max_inflight), encoding="utf-8")
     if tokens is not None:
         data = json.dumps(TokenSet.from_response(tokens, version=1).to_json()).encode()

@@ -62,6 +62,8 @@ class BenchSettings:
     """``log.capture`` on in the daemon started here (what capturing costs)."""
     max_inflight: int | None = None
     """``server.max_inflight`` of the daemon started here (``None``: the daemon's default)."""
+    clients_file: bool = False
+    """The daemon started here has its callers in a ``clients_file`` (rules format 2)."""
 
     def sim_config(self) -> SimConfig:
         """The simulator: generated workplaces, short calls, the full lifecycle notified."""
@@ -220,6 +222,8 @@ class Daemon:
     admin_url: str
     pid: int | None
     describe: dict[str, Any]
+    files: DaemonFiles | None = None
+    """Its files, when it was started here."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +284,7 @@ async def _daemon(
             log_level=settings.log_level,
             capture=settings.capture,
             max_inflight=settings.max_inflight,
+            clients_file=settings.clients_file,
         )
         daemon = DaemonProcess(files, settings.daemon_loop)
         await daemon.start()
@@ -296,7 +301,7 @@ async def _daemon(
                 "capture": settings.capture,
                 "max_inflight": settings.max_inflight,
             }
-            yield Daemon(files.events_url, files.admin_url, daemon.pid, describe)
+            yield Daemon(files.events_url, files.admin_url, daemon.pid, describe, files)
         finally:
             await daemon.stop()
 

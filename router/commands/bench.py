@@ -7,7 +7,8 @@ bench a daemon already running instead; its ``oauth_url``/``api_url`` must point
 
 ``--soak`` runs minutes at a steady rate and reports the daemon's RSS, open FDs, tasks and maps
 at the start and the end (:mod:`router.bench.soak`); ``--flood N`` posts N forged notifications
-while real calls flow (:mod:`router.bench.flood`).
+while real calls flow (:mod:`router.bench.flood`); ``--clients-file N`` loads an N-row
+``clients_file`` and reloads it under load (:mod:`router.bench.clients_file`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from router import runtime
 from router.bench import BenchError, BenchSettings, run_bench
+from router.bench.clients_file import ClientsFileReport, ClientsFileSettings, run_clients_file
 from router.bench.flood import MAX_INFLIGHT, FloodReport, FloodSettings, run_flood
 from router.bench.forged import CONCURRENCY
 from router.bench.report import table
@@ -34,6 +36,7 @@ DEFAULTS = {
     "bench": (100.0, 10.0, 20.0, 1.0),
     "soak": (20.0, 300.0, 2000.0, 10.0),
     "flood": (20.0, 0.0, 200.0, 2.0),
+    "clients": (100.0, 30.0, 20.0, 1.0),
 }
 
 
@@ -76,6 +79,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="post N forged trying notifications (every field at its longest) while real calls "
         "flow: posts/s, real calls' decision latency, the daemon's RSS before/peak/after",
+    )
+    mode.add_argument(
+        "--clients-file",
+        type=int,
+        metavar="N",
+        help="the daemon on rules format 2 with an N-row clients_file: its load time, decision "
+        "latency without a reload and while the CSV is touched after every reload (--duration "
+        "each, default 30 s), its RSS before, loaded and after",
     )
     p.add_argument(
         "--rate",
@@ -150,7 +161,9 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def mode_of(args: argparse.Namespace) -> str:
-    """``bench``, ``soak`` or ``flood``."""
+    """``bench``, ``soak``, ``flood`` or ``clients``."""
+    if args.clients_file is not None:
+        return "clients"
     return "soak" if args.soak else "flood" if args.flood is not None else "bench"
 
 
@@ -164,6 +177,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         raise ValueError("--rate and --duration must be positive, --repeat at least 1")
     if args.flood is not None and args.flood < 1:
         raise ValueError("--flood needs at least 1 notification")
+    if args.clients_file is not None and args.clients_file < 1:
+        raise ValueError("--clients-file needs at least 1 row")
     if args.sample_every <= 0 or args.concurrency < 1:
         raise ValueError("--sample-every must be positive, --concurrency at least 1")
     if args.max_inflight is not None and args.max_inflight < 1:
@@ -214,11 +229,14 @@ def run(args: argparse.Namespace) -> int:
     # On a terminal, a bar on stderr for the time the runs should take, the phase lines above
     # it; elsewhere the phase lines alone (none with --json).
     bar = Bar(f"bench ({mode_of(args)})", expected_s(settings, mode_of(args)), unit="seconds")
-    done: SoakReport | FloodReport
+    done: SoakReport | FloodReport | ClientsFileReport
     try:
         with bar:
             progress = None if args.json else bar.note
-            if args.soak:
+            if args.clients_file is not None:
+                clients = ClientsFileSettings(bench=settings, rows=args.clients_file)
+                done = runtime.run(bar.ticking(run_clients_file(clients, progress)))
+            elif args.soak:
                 soak = SoakSettings(bench=settings, sample_every_s=args.sample_every)
                 done = runtime.run(bar.ticking(run_soak(soak, progress)))
             elif args.flood is not None:
@@ -231,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     except (BenchError, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return Exit.FAILED
-    if args.soak or args.flood is not None:
+    if args.soak or args.flood is not None or args.clients_file is not None:
         print(json.dumps(done.to_json(), indent=2) if args.json else done.text())
         return Exit.OK
     if args.json:
