@@ -167,6 +167,29 @@ def test_rules_are_loaded_in_a_child_process(tmp_path: Path) -> None:
     assert pushed.clients_path is None
 
 
+def test_big_rules_are_loaded_in_a_child_small_ones_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rules file and the clients_file it names, together past the limit: a child; under
+    it: here (a child costs more than the load)."""
+    (tmp_path / "clients.csv").write_text("79110000001,ivanov\n" * 200, encoding="utf-8")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_V2, encoding="utf-8")
+    job = load_worker.Job(str(rules), path=str(rules))
+    where: list[str] = []
+    monkeypatch.setattr(load_worker, "load_here", lambda job: where.append("here"))
+    monkeypatch.setattr(load_worker, "load_in_child", lambda job: where.append("child"))
+    size = len(RULES_V2) + 200 * len("79110000001,ivanov\n")
+    for limit in (size, size + 1):
+        monkeypatch.setattr(load_worker, "OFFLOAD_BYTES", limit)
+        load_worker.load_off_loop(job)
+    pushed = load_worker.Job("pushed", text="x" * 10, clients_text="y" * 10)
+    for limit in (20, 21):
+        monkeypatch.setattr(load_worker, "OFFLOAD_BYTES", limit)
+        load_worker.load_off_loop(pushed)
+    assert where == ["child", "here", "child", "here"]
+
+
 def test_a_failed_child_is_a_load_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The child dies: the rules do not load, and the line says why."""
     rules = tmp_path / "rules.yaml"
@@ -194,12 +217,13 @@ async def reloads(daemon: RunningDaemon, result: str, count: int) -> None:
 
 
 async def test_a_running_daemon_follows_the_csv(
-    start_daemon: StartDaemon, tmp_path: Path, logs: Logs
+    start_daemon: StartDaemon, tmp_path: Path, logs: Logs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Edited in place or replaced, the CSV is reloaded (in a child process) and the next call
-    follows it; a broken CSV keeps the last good clients, with one log line naming CSV:LINE and
-    an error counted; SIGHUP reloads it when the watcher could not tell (same size, time and
-    inode)."""
+    """Edited in place or replaced, the CSV is reloaded (in a child process: the size limit is
+    lowered to 0) and the next call follows it; a broken CSV keeps the last good clients, with
+    one log line naming CSV:LINE and an error counted; SIGHUP reloads it when the watcher could
+    not tell (same size, time and inode)."""
+    monkeypatch.setattr(load_worker, "OFFLOAD_BYTES", 0)
     csv = tmp_path / "clients.csv"
     csv.write_text("number,manager\n79110000001,ivanov\n", encoding="utf-8")
     daemon = await start_daemon(rules=RULES_V2)

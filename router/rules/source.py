@@ -4,8 +4,9 @@
 reference in one assignment, so a decision sees either the old rules or the new ones, never a mix.
 An invalid edit keeps the last good rules, logs one line and counts
 ``mtt_router_rules_reloads_total{result="error"}``. A rules file's ``clients_file`` is watched as
-well. Every reload after the start runs in a child process (:mod:`router.rules.load_worker`):
-whatever the rules' size, the daemon's event loop only swaps a reference.
+well. A reload of big rules (a ``clients_file`` of any real size) runs in a child process
+(:mod:`router.rules.load_worker`): whatever the rules' size, the event loop only swaps a
+reference.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import structlog
 from router.errors import RulesError, StorageError
 from router.metrics import Metrics
 from router.rules.client_table import Signature
-from router.rules.load_worker import Job, Loaded, load_here, load_in_child
+from router.rules.load_worker import Job, Loaded, load_here, load_off_loop
 from router.rules.model import Rules
 from router.state.protocols import SharedRules
 
@@ -106,8 +107,9 @@ class _Seen:
 
 
 async def _load(job: Job, reason: str) -> Loaded:
-    """The start loads in a thread here (nothing is served yet), every reload in a child."""
-    return await asyncio.to_thread(load_here if reason == "start" else load_in_child, job)
+    """The start loads in a thread here (nothing is served yet); a reload of big rules in a
+    child process (:func:`~router.rules.load_worker.load_off_loop`)."""
+    return await asyncio.to_thread(load_here if reason == "start" else load_off_loop, job)
 
 
 class FileRulesSource:
