@@ -164,7 +164,7 @@ async def drive(
     async with replica.http.post(replica.public_url + "/mtt/events", data=b"{not json") as resp:
         assert resp.status == 400
     await until("mtt_router_rejected_total", 1, reason="bad_request")
-    # Every decided call that ended counted by who answered (the waited and shed ones too).
+    # Who answered the decided calls is counted once they end (the hit rate panels).
     await until("mtt_router_answered_total", 1, by="personal")
 
     assert redis.proc is not None
@@ -237,7 +237,10 @@ async def watched(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Wat
             up = f'up{{job="{JOB}"}}'
             await eventually(lambda: _equals(prometheus, up, 1.0), "the first scrape")
 
-            down = await drive(daemon, sim, cluster.rules_path, redis, prometheus)
+            try:
+                down = await drive(daemon, sim, cluster.rules_path, redis, prometheus)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n-- daemon:\n{daemon.proc.log_tail()}") from None
 
             ended = time.time()
             async with http.get(daemon.admin_url + "/metrics", headers=daemon.auth) as resp:
@@ -265,9 +268,15 @@ async def _equals(prometheus: Prometheus, expr: str, value: float) -> bool:
 
 
 def test_the_scenario_gave_every_outcome(watched: Watched) -> None:
-    """Prometheus holds every decision outcome with a count above 0 (what the panels show)."""
+    """Prometheus holds every decision outcome above 0, and the dashboard's outcome panel shows
+    each of them at a rate above 0."""
     result = watched.prometheus.query("mtt_router_decisions_total > 0")
     assert sorted(r["metric"]["outcome"] for r in result) == sorted(OUTCOMES)
+    [(name, expr)] = [(n, e) for n, e in dashboard_targets() if n.startswith("Parked calls by")]
+    shown = watched.prometheus.query(fill(expr, [watched.target]))
+    assert sorted(r["metric"]["outcome"] for r in shown if float(r["value"][1]) > 0) == sorted(
+        OUTCOMES
+    ), name
 
 
 def test_the_bearer_token_file_is_what_lets_prometheus_in(watched: Watched) -> None:
