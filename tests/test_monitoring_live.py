@@ -61,6 +61,9 @@ from tests.monitoring_support import (
 )
 from tests.polling import eventually, eventually_sync
 
+# The module's rig (some 20 s) runs in the first test's setup, within that test's timeout.
+pytestmark = pytest.mark.timeout(120)
+
 ADMIN_TOKEN = "monitoring-admin-token-0123456789"
 NO_FALLBACK = RULES.replace("  managers: [sidorov]\n", "  managers: []\n")
 """Unknown callers released to the PBX (fallback_pbx)."""
