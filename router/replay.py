@@ -39,7 +39,14 @@ from router.numbers import try_normalize
 from router.presence_queue import BUSY_TTL_S
 from router.routing import Action, Decision, decide
 from router.rules.model import Rules
-from router.sources import DEFAULT_SOURCES, CandidateSource, FetchingSource, in_order, reads_for
+from router.sources import (
+    DEFAULT_SOURCES,
+    LEARNED_SPACE,
+    CandidateSource,
+    FetchingSource,
+    in_order,
+    reads_for,
+)
 
 Getter = Callable[[str], Awaitable[str | None]]
 """Reads one key of a storage space (the client map's ``ClientStore.get``)."""
@@ -196,7 +203,13 @@ class _Noted:
     def resolve(self, context: CallerContext, rules: Rules) -> Verdict:
         verdict = self._inner.resolve(context, rules)
         assert context.caller is not None  # decide() consults no source for an unreadable caller
-        missing = sorted({r.space for r in self.reads(context.caller) if r not in context.stored})
+        missing = sorted(
+            {
+                r.space
+                for r in self.reads(context.caller)
+                if r not in context.stored and (r.space != LEARNED_SPACE or rules.learn is not None)
+            }
+        )
         if not missing:
             return verdict
         note = f"storage map {', '.join(missing)}: not consulted ({self._why})"
