@@ -84,6 +84,9 @@ class ServerConfig:
     """CIDRs of proxies whose ``X-Forwarded-For`` / ``X-Real-IP`` is believed."""
     read_timeout_s: int = 10
     """A notification's body must arrive within this (408 otherwise)."""
+    workers: int = 1
+    """Daemon processes sharing ``listen`` (SO_REUSEPORT) under one supervisor; more than one
+    needs a Redis storage (:func:`workers_problems`, :mod:`router.supervisor`)."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,32 @@ class Config:
     def uses_redis(self) -> bool:
         """True when ``storage`` is a Redis URL."""
         return self.storage != "memory"
+
+
+MAX_WORKERS = 64
+
+
+def workers_problems(server: ServerConfig, storage: str, key: str = "server.workers") -> list[str]:
+    """Why ``server.workers`` (named ``key``: the flag overriding it) cannot run, if it cannot:
+    workers share nothing in memory, and each needs the public port and an admin port."""
+    n = server.workers
+    if n == 1:
+        return []
+    problems = []
+    if storage == "memory":
+        problems.append(
+            f"{key}: {n} workers need a Redis storage (storage: redis://...): with memory "
+            "storage each worker would keep its own call claims and tokens"
+        )
+    if server.listen.port == 0:
+        problems.append(f"server.listen: {n} workers share one port: name it (not 0)")
+    admin = server.admin_listen.port
+    if admin == 0 or admin + n > 65535:
+        problems.append(
+            f"server.admin_listen: worker i listens on its port + i (1..{n}): "
+            f"name a port from 1 to {65535 - n}, got {admin}"
+        )
+    return problems
 
 
 def _host_port(reader: Reader, data: Mapping[str, Any], key: str, default: HostPort) -> HostPort:
@@ -195,6 +224,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
             "allow_from",
             "trusted_proxies",
             "read_timeout_s",
+            "workers",
         ),
     )
     max_inflight = int_in(reader, s, "server.max_inflight", 1000, 1, 1_000_000)
@@ -210,6 +240,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         allow_from=networks(reader, s, "server.allow_from"),
         trusted_proxies=networks(reader, s, "server.trusted_proxies"),
         read_timeout_s=int_in(reader, s, "server.read_timeout_s", 10, 1, 300),
+        workers=int_in(reader, s, "server.workers", 1, 1, MAX_WORKERS),
     )
     if not is_loopback(server.admin_listen.host) and server.admin_token is None:
         # The admin listener hands out OAuth logins and client edits: off loopback, only a token
@@ -292,6 +323,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     tokens_file = reader.string(top, "tokens_file", "", "tokens.json", non_empty)
     if rules.source == "redis" and storage == "memory":
         reader.problems.append("rules.source: 'redis' needs storage to be a redis:// URL")
+    reader.problems.extend(workers_problems(server, storage))
 
     if reader.problems:
         raise ConfigError(reader.problems)

@@ -23,7 +23,8 @@ from router.errors import ListenError
 from router.exits import Exit
 from router.metrics import Metrics
 from router.server import create_app
-from router.services import SERVICES
+from router.services import SERVICES, WORKER
+from router.worker import Worker
 
 log = structlog.get_logger("router")
 
@@ -37,9 +38,10 @@ def _addresses(runner: web.AppRunner) -> list[str]:
     return out
 
 
-async def _bind(runner: web.AppRunner, address: HostPort) -> None:
+async def _bind(runner: web.AppRunner, address: HostPort, *, reuse_port: bool = False) -> None:
     try:
-        await web.TCPSite(runner, address.host, address.port).start()
+        # reuse_port: the workers of server.workers share the public port (SO_REUSEPORT).
+        await web.TCPSite(runner, address.host, address.port, reuse_port=reuse_port or None).start()
     except OSError as exc:
         raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
 
@@ -52,14 +54,21 @@ async def serve(
     on_ready: Callable[[dict[str, Any]], None] | None = None,
     clock: WallClock | None = None,
     config_path: str | None = None,
+    worker: Worker | None = None,
 ) -> int:
     """Serve until ``stop`` is set or a SIGTERM/SIGINT arrives; returns the exit code.
 
     SIGHUP reloads the rules and, from ``config_path``, ``routing.mode`` and ``live_numbers``.
+    ``worker``: one of ``server.workers`` (:mod:`router.worker`): the public port shared, the
+    admin port its own.
     """
     loop = asyncio.get_running_loop()
     stop = stop if stop is not None else asyncio.Event()
     public = create_app(config, metrics=metrics, clock=clock, config_path=config_path)
+    admin_listen = config.server.admin_listen
+    if worker is not None:
+        public[WORKER] = worker
+        admin_listen = worker.admin_address(admin_listen)
     admin = create_admin_app(public)
     # keepalive_timeout: a connection must bring a whole request head within read_timeout_s
     # of opening (aiohttp >= 3.14.4 arms it at connect) or of its previous answer, else it is
@@ -93,17 +102,22 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, handler)
             installed.append(sig)
+    # A worker of server.workers starts with them blocked (router/supervisor.py): what arrived
+    # meanwhile is handled now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, installed)
     try:
         await public_runner.setup()
         await admin_runner.setup()
-        await _bind(public_runner, config.server.listen)
-        await _bind(admin_runner, config.server.admin_listen)
-        info = {
+        await _bind(public_runner, config.server.listen, reuse_port=worker is not None)
+        await _bind(admin_runner, admin_listen)
+        info: dict[str, Any] = {
             "public": _addresses(public_runner),
             "admin": _addresses(admin_runner),
             "events_path": config.mtt.events_path,
             "callback_path": config.mtt.callback_path,
         }
+        if worker is not None:
+            info["worker"] = worker.index
         log.info("listening", **info)
         if on_ready is not None:
             on_ready(info)

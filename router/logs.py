@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from functools import lru_cache
 from typing import Any, TextIO
 
@@ -92,14 +92,18 @@ def setup_daemon_logging(
     stream: TextIO | None = None,
     *,
     mask_numbers: bool = False,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     """A server's logging: ``fmt`` (``json`` or ``console``) at ``level`` to ``stream`` (stderr).
 
     The format is never switched on a TTY: the daemon writes what its config says, wherever it
     runs. ``console`` is the operator's explicit choice, not a guess. ``mask_numbers``
     (``log.mask_numbers``) masks callers' numbers in every line (:func:`mask_numbers`).
+    ``extra`` goes into every line that does not set those keys itself (a worker's index and
+    pid: ``server.workers`` share one stderr).
     """
-    _configure(fmt, level, sys.stderr if stream is None else stream, mask=mask_numbers)
+    stream = sys.stderr if stream is None else stream
+    _configure(fmt, level, stream, mask=mask_numbers, extra=extra)
 
 
 def setup_cli_logging(level: str = "info") -> None:
@@ -110,7 +114,14 @@ def setup_cli_logging(level: str = "info") -> None:
     _configure("console", level, sys.stderr)
 
 
-def _configure(fmt: str, level: str, stream: TextIO, *, mask: bool = False) -> None:
+def _configure(
+    fmt: str,
+    level: str,
+    stream: TextIO,
+    *,
+    mask: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
     """JSON lines (``fmt='json'``) or console lines, at ``level``, to ``stream``.
 
     Context bound with ``structlog.contextvars.bind_contextvars`` (the call id) appears in every
@@ -129,6 +140,17 @@ def _configure(fmt: str, level: str, stream: TextIO, *, mask: bool = False) -> N
     ]
     if mask:
         processors.append(mask_numbers)
+    if extra:
+        fields = dict(extra)
+
+        def add_extra(
+            _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+        ) -> MutableMapping[str, Any]:
+            for key, value in fields.items():
+                event_dict.setdefault(key, value)
+            return event_dict
+
+        processors.append(add_extra)
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -40,6 +40,7 @@ from router.rollout import Rollout
 from router.rules.source import FileRulesSource, RulesHolder, SharedRulesSource
 from router.sources import DEFAULT_SOURCES, CandidateSource
 from router.state.factory import Stores, open_stores
+from router.worker import Worker
 
 log = structlog.get_logger("router")
 
@@ -189,6 +190,8 @@ CONFIG = web.AppKey("config", Config)
 CONFIG_PATH = web.AppKey("config_path", str)
 """Where the config was read from: SIGHUP re-reads its reloadable keys (absent: none)."""
 METRICS = web.AppKey("metrics", Metrics)
+WORKER = web.AppKey("worker", Worker)
+"""Set in a worker of ``server.workers``: its own ``log.capture`` file (:mod:`router.worker`)."""
 
 
 async def services_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -198,9 +201,10 @@ async def services_ctx(app: web.Application) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as stack:
         capture: CaptureWriter | None = None
         if config.log.capture:
+            worker = app.get(WORKER)
             # Opened first, closed last: every POST answered before shutdown is flushed to it.
             capture = CaptureWriter(
-                config.log.capture,
+                worker.capture_path(config.log.capture) if worker else config.log.capture,
                 max_bytes=config.log.capture_max_mb * 1024 * 1024,
                 keep=config.log.capture_keep,
                 dropped=metrics.capture_dropped,
