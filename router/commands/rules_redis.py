@@ -153,17 +153,17 @@ def _pull(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             return Exit.OK
-        written = [f"{path}: wrote version {version}"]
+        target = Path(path)
         try:
-            _write_atomically(Path(path), text)
+            _write_atomically(target, text)
+            print(f"{path}: wrote version {version}")
             if clients is not None:
-                beside = _beside(Path(path), name)
-                beside.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomically(beside, clients)
-                written.append(f"{beside}: wrote its clients_file")
+                target = _beside(Path(path), name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomically(target, clients)
+                print(f"{target}: wrote its clients_file")
         except OSError as exc:
-            return fail(f"{exc.filename or path}: cannot write: {exc.strerror or exc}")
-        print("\n".join(written))
+            return fail(f"{target}: cannot write: {exc.strerror or exc}")
         return Exit.OK
 
     return run_storage(args, pull)
