@@ -290,7 +290,7 @@ class Engine:
         chain, fetching = self._chain(rules)
         caller = try_normalize(event.caller.number)
         gathered = await self._calls.claim_and_read(
-            event.call.id, CLAIM_TTL_S, reads_for(caller, chain)
+            event.call.id, CLAIM_TTL_S, reads_for(caller, chain, rules)
         )
         if not gathered.claimed:
             return DecisionRecord(

@@ -142,11 +142,19 @@ def in_order(rules: Rules, sources: Mapping[str, CandidateSource]) -> tuple[Cand
     return tuple(sources[name] for name in rules.order if name in sources)
 
 
-def reads_for(caller: str | None, chain: Sequence[CandidateSource]) -> tuple[Read, ...]:
-    """Every storage read the ``chain`` declares for ``caller`` (none for an unreadable one)."""
+def reads_for(
+    caller: str | None, chain: Sequence[CandidateSource], rules: Rules | None = None
+) -> tuple[Read, ...]:
+    """Every storage read the ``chain`` declares for ``caller`` (none for an unreadable one).
+
+    With ``rules``, only those that can change the decision: not the learned map's while the
+    rules have no ``learn`` (:class:`LearnedSource` names nobody then)."""
     if caller is None:
         return ()
-    return tuple(read for source in chain for read in source.reads(caller))
+    reads = tuple(read for source in chain for read in source.reads(caller))
+    if rules is not None and rules.learn is None:
+        return tuple(read for read in reads if read.space != LEARNED_SPACE)
+    return reads
 
 
 def next_fetch(

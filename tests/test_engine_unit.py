@@ -525,16 +525,21 @@ class RecordingCalls:
 
 
 async def test_claim_and_every_declared_read_in_one_step() -> None:
-    """One storage step per call carries every read the sources declared; its answer decides."""
+    """One storage step per call carries every read the sources declared; its answer decides.
+    The learned map is read only while the rules ``learn`` (nothing learned is used otherwise)."""
     read = Read(CLIENTS_SPACE, "79219462761")
     calls = RecordingCalls({read: "petrova"})
     h = make(calls=calls)
     record = await h.call()
-    assert calls.steps == [("c1", (read, Read(LEARNED_SPACE, "79219462761")))]
+    assert calls.steps == [("c1", (read,))]
     assert (record.manager, record.reasons[0]) == (
         "petrova",
         "caller 79219462761 is client of petrova (client store)",
     )
+    learning = RULES.replace("version: 1", "version: 2") + "learn: {min_talk_s: 10}\n"
+    calls = RecordingCalls({read: "petrova"})
+    await make(calls=calls, rules=load_rules(learning)).call()
+    assert calls.steps == [("c1", (read, Read(LEARNED_SPACE, "79219462761")))]
 
 
 async def test_an_unanswered_read_falls_back_to_the_rules() -> None:

@@ -85,6 +85,7 @@ async def test_presence_snapshot_on_start_and_key_ttl(make_ops: MakeOps) -> None
     one, two = RedisPresence(make_ops()), RedisPresence(make_ops())
     await one.set_busy("wp1", "c1", 60)
     await one.set_busy("wp2", "c2", 30)
+    await one.flush()
     assert 30_000 < await one._ops.client.pttl(one.key) <= 60_000
     two.start()
     try:
@@ -98,6 +99,7 @@ async def test_presence_entries_expire(ops: RedisOps) -> None:
     presence = RedisPresence(ops)
     await presence.set_busy("wp1", "c1", 0.05)
     assert presence.busy() == {"wp1"}
+    await presence.flush()
     await eventually(lambda: not presence.busy(), "expired locally", timeout_s=2.0)
 
     async def expired_in_redis() -> bool:
@@ -129,13 +131,17 @@ async def test_a_call_freed_on_one_replica_is_not_made_busy_again_by_another(
     balancer or after an outage): the workplace ends up free on both, not busy for hours."""
     one, two = RedisPresence(make_ops()), RedisPresence(make_ops())
     await two.set_free("wp1", "c1")
+    await two.flush()
     await one.set_busy("wp1", "c1", 3600)
-    assert one.busy() == frozenset()
+    assert one.busy() == {"wp1"}  # at once, locally ...
+    await one.flush()
+    assert one.busy() == frozenset()  # ... until Redis refused it
     assert await one.sync()
     assert await two.sync()
     assert (one.busy(), two.busy()) == (frozenset(), frozenset())
     assert 0 < await one._ops.client.pttl(one.ended_key) <= 3_600_000
     await one.set_busy("wp1", "c2", 60)  # another call on the same workplace still counts
+    await one.flush()
     assert await two.sync()
     assert two.busy() == {"wp1"}
 
@@ -146,13 +152,15 @@ async def test_presence_keeps_its_local_view_while_redis_is_down(
     """Redis stopped: changes apply locally without raising, and are written back later."""
     one = RedisPresence(make_ops(url=redis_server.url))
     await one.set_busy("wp1", "c1", 60)
+    await one.flush()
     redis_server.stop()
     await one.set_busy("wp2", "c2", 60)
     await one.set_free("wp1", "c1")
     assert one.busy() == {"wp2"}
+    await one.flush()  # the write fails: kept for write-back
     assert not await one.sync()  # view kept
     assert one.busy() == {"wp2"}
-    assert errors(one._ops, "presence.set_busy") >= 1
+    assert errors(one._ops, "presence.write") >= 1
     redis_server.start()  # an empty Redis: it lost everything
     assert await one.sync()
     assert one.busy() == {"wp2"}
@@ -166,4 +174,7 @@ async def test_presence_ignores_garbage_messages(ops: RedisOps) -> None:
     presence = RedisPresence(ops)
     await presence._on_message("not json")
     await presence._on_message(json.dumps({"op": "busy"}))
+    await presence._on_message(json.dumps([["wp1|c1", 1000, 3]]))
+    await presence._on_message(json.dumps([["wp1|c1", "soon"]]))
+    await presence._on_message(json.dumps(7))
     assert presence.busy() == frozenset()

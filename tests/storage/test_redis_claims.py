@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from redis.asyncio.connection import AbstractConnection
 
 from router.context import Read
-from router.sources import CLIENTS_SPACE
+from router.rules.loader import load_rules
+from router.rules.model import Rules
+from router.sources import CLIENTS_SPACE, DEFAULT_SOURCES, LEARNED_SPACE, in_order, reads_for
 from router.state.redis_claims import RedisCallStore
 from router.state.redis_clients import ClientMap
 from router.state.redis_conn import RedisOps
+from router.state.redis_learned import RedisLearned
 from tests.fixtures.net import RedisServer
 from tests.polling import eventually
 from tests.storage.conftest import MakeOps, errors
@@ -112,3 +117,85 @@ async def test_a_failing_read_does_not_hide_the_claims_answer(
     second = await two.claim_and_read("call-1", 30, [READ])
     assert (first.claimed, dict(first.values)) == (True, {})
     assert second.claimed is False
+
+
+LEARN_RULES = load_rules(
+    """\
+version: 2
+timezone: Europe/Moscow
+managers:
+  ivanov:  {workplace: "101"}
+  petrova: {workplace: "102"}
+learn: {min_talk_s: 10, ttl_days: 30}
+fallback:
+  managers: []
+  otherwise: pbx
+"""
+)
+NO_LEARN_RULES = load_rules(
+    """\
+version: 2
+timezone: Europe/Moscow
+managers:
+  ivanov:  {workplace: "101"}
+fallback:
+  managers: []
+  otherwise: pbx
+"""
+)
+
+
+async def server_counts(ops: RedisOps) -> tuple[dict[str, int], int]:
+    """Calls per command and read events (round trips) so far, from one ``INFO all``."""
+    info = await ops.client.info("all")
+    calls = {
+        name.removeprefix("cmdstat_"): int(stats["calls"])
+        for name, stats in info.items()
+        if name.startswith("cmdstat_") and isinstance(stats, dict)
+    }
+    return calls, int(info["total_reads_processed"])
+
+
+async def test_the_decisions_storage_step_is_one_round_trip(
+    ops: RedisOps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the engine hands the storage for a parked call under rules that learn (the claim,
+    the client map's entry, the learned entry) reaches Redis as ONE send from this process and
+    one read event on the server, running SET, HGET and GET and nothing else. Rules without
+    ``learn`` leave the learned read out: SET and HGET."""
+    clients, learned = ClientMap(ops), RedisLearned(ops)
+    await clients.set(NUMBER, "ivanov")
+    learned.remember(NUMBER, "petrova", 3600)
+    await learned.aclose()  # waits for the write
+    store = RedisCallStore(ops, spaces={CLIENTS_SPACE: clients}, keys={LEARNED_SPACE: learned})
+    sends: list[int] = []
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        sends.append(1)
+        await send(self, command, check_health)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+
+    async def step(
+        call_id: str, rules: Rules
+    ) -> tuple[dict[Read, str | None], int, dict[str, int]]:
+        reads = reads_for(NUMBER, in_order(rules, DEFAULT_SOURCES), rules)
+        calls, trips = await server_counts(ops)
+        sends.clear()
+        gathered = await store.claim_and_read(call_id, 30, reads)
+        assert gathered.claimed
+        sent = len(sends)
+        calls_after, trips_after = await server_counts(ops)
+        delta = {n: c - calls.get(n, 0) for n, c in calls_after.items() if c > calls.get(n, 0)}
+        delta["info"] -= 1  # the second INFO itself
+        assert trips_after - trips - 1 == 1  # one read event besides that INFO
+        return dict(gathered.values), sent, {n: c for n, c in delta.items() if c}
+
+    learned_read = Read(LEARNED_SPACE, NUMBER)
+    assert await step("call-1", LEARN_RULES) == (
+        {READ: "ivanov", learned_read: "petrova"},
+        1,
+        {"set": 1, "hget": 1, "get": 1},
+    )
+    assert await step("call-2", NO_LEARN_RULES) == ({READ: "ivanov"}, 1, {"set": 1, "hget": 1})

@@ -29,12 +29,20 @@ async def test_open_redis_stores_shares_one_pool(redis_url: str, make_ops: MakeO
         assert await stores.ping()
         assert await stores.calls.claim("call-1", 30)
         await stores.presence.set_busy("wp1", "call-1", 60)
+        await stores.presence.flush()
         await stores.clients.set("79219462761", "ivanov")
         assert await stores.rules.push("text") == 1
         await asyncio.wait_for(stores.clients.subscriber.subscribed.wait(), 2)
         await asyncio.wait_for(stores.presence.subscriber.subscribed.wait(), 2)
         keys = set(await make_ops().client.keys("*"))
-        assert keys == {"stores:claim:call-1", "stores:presence", "stores:clients", "stores:rules"}
+        assert keys == {
+            "stores:claim:call-1",
+            "stores:presence",
+            "stores:clients",
+            "stores:rules",
+            "stores:rules:versions",  # the pushed versions kept for rollback
+            "stores:rules:v:1",
+        }
     finally:
         await stores.aclose()
     assert stores.probe is not None
