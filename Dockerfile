@@ -30,7 +30,8 @@ VOLUME ["/var/lib/mtt-router"]
 # server.listen (public: MTT's notifications, behind TLS) and server.admin_listen (metrics).
 EXPOSE 8080 9100
 # /healthz of the admin listener (no token needed); set MTT_ROUTER_HEALTHZ when
-# server.admin_listen is not on port 9100.
+# server.admin_listen is not on port 9100. With server.workers > 1 the supervisor answers there
+# for all its workers (and, as PID 1, reaps whatever is left to it); their admin ports follow.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('MTT_ROUTER_HEALTHZ', 'http://127.0.0.1:9100/healthz'), timeout=4)"]
 ENTRYPOINT ["mtt-router"]
