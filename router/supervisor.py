@@ -155,13 +155,19 @@ class Supervisor:
         # is inheritable); the signals Python ignores are given back their default. The stop and
         # reload signals start blocked: one forwarded while the worker is still importing waits
         # until its daemon has its handlers (router/daemon.py unblocks them), never killing it.
-        pid = os.posix_spawn(
-            sys.executable,
-            self.argv(slot),
-            os.environ,
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
-            setsigmask=WORKER_BLOCKED,
-        )
+        try:
+            pid = os.posix_spawn(
+                sys.executable,
+                self.argv(slot),
+                os.environ,
+                setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                setsigmask=WORKER_BLOCKED,
+            )
+        except OSError as exc:  # no process to be had (EAGAIN, ENOMEM): a death at once
+            log.error("worker_spawn_failed", worker=slot.index, error=str(exc))
+            slot.pid, slot.last_exit = None, f"not started: {exc.strerror or exc}"
+            self._again(slot, None, slot.last_exit, fast=True)
+            return
         slot.pid, slot.state, slot.seen_up = pid, "running", False
         slot.started_at, slot.started_wall = time.monotonic(), time.time()
         slot.starts += 1
@@ -202,7 +208,11 @@ class Supervisor:
             )
             self._give_up(Exit.USAGE)
             return
-        slot.fast_deaths = slot.fast_deaths + 1 if ran_s < FAST_DEATH_S else 0
+        self._again(slot, pid, how, fast=ran_s < FAST_DEATH_S)
+
+    def _again(self, slot: Slot, pid: int | None, how: str, *, fast: bool) -> None:
+        """Restart ``slot`` after its delay, or give up after too many fast deaths."""
+        slot.fast_deaths = slot.fast_deaths + 1 if fast else 0
         if slot.fast_deaths >= GIVE_UP_AFTER:
             log.error(
                 "workers_failing",
