@@ -83,6 +83,9 @@ class DaemonFiles:
     admin: str
     """``host:port`` of the admin listener."""
     callback_path: str = "/mtt"
+    storage: str = "memory"
+    """The daemon's ``storage``: ``memory`` or a Redis URL."""
+    storage_prefix: str = "mtt-router:"
 
     @property
     def events_url(self) -> str:
@@ -98,7 +101,7 @@ class DaemonFiles:
 def config_yaml(
     files: DaemonFiles, sim_url: str, log_level: str, max_inflight: int | None = None
 ) -> str:
-    """The daemon's config: simulator as MTT, memory storage, JSON logs at ``log_level``,
+    """The daemon's config: simulator as MTT, ``files.storage``, JSON logs at ``log_level``,
     ``log.capture`` into ``files.capture`` when set, ``server.max_inflight`` when given."""
     capture = [] if files.capture is None else [f'  capture: "{files.capture}"']
     inflight = [] if max_inflight is None else [f"  max_inflight: {max_inflight}"]
@@ -114,7 +117,8 @@ def config_yaml(
             f'  listen: "{files.public}"',
             f'  admin_listen: "{files.admin}"',
             *inflight,
-            'storage: "memory"',
+            f"storage: {json.dumps(files.storage)}",
+            f"storage_prefix: {json.dumps(files.storage_prefix)}",
             f'tokens_file: "{files.tokens}"',
             "rules:",
             '  source: "file"',
@@ -144,10 +148,13 @@ def write_daemon_files(
     capture: bool = False,
     max_inflight: int | None = None,
     clients_file: bool = False,
+    storage: str = "memory",
+    storage_prefix: str = "mtt-router:",
 ) -> DaemonFiles:
     """Write rules, config and (when given) a tokens file into ``directory``; ``capture`` turns
     ``log.capture`` on (``capture.jsonl`` there), ``max_inflight`` sets ``server.max_inflight``,
-    ``clients_file`` puts the callers in ``clients.csv`` (rules format 2)."""
+    ``clients_file`` puts the callers in ``clients.csv`` (rules format 2); ``storage`` (and its
+    prefix) is the daemon's ``storage`` (a Redis one holds the tokens: see ``redis_probe``)."""
     directory.mkdir(parents=True, exist_ok=True)
     files = DaemonFiles(
         config=directory / "config.yaml",
@@ -157,6 +164,8 @@ def write_daemon_files(
         capture=directory / "capture.jsonl" if capture else None,
         public=public,
         admin=admin,
+        storage=storage,
+        storage_prefix=storage_prefix,
     )
     csv = CLIENTS_CSV if clients_file else ""
     files.rules.write_text(rules_yaml(workplaces, caller_numbers, csv), encoding="utf-8")

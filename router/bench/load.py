@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from router.bench import proc
+from router.bench.redis_probe import RedisProbe, use_between
 from router.simulator import CallOutcome, Simulator
 from router.simulator.records import SimCall
 
@@ -38,6 +39,8 @@ class RunResult:
     terminated: int
     missed: int
     """Calls that got no command inside the window (the PBX routed them; late commands too)."""
+    in_window_pct: float
+    """Routed calls in percent of those sent: decided inside the parking window."""
     lifecycle_complete: int
     """Calls whose every notification (trying .. recorded) the daemon answered with 200."""
     webhook_errors: int
@@ -57,6 +60,14 @@ class RunResult:
     window_s: float
     load1: float
     """The machine's 1-minute load average when the run started (others' work shows here)."""
+    redis_cpu_ms_per_call: float | None = None
+    """With Redis storage: the Redis server's CPU over the window / routed."""
+    redis_cmds_per_call: float | None = None
+    """Redis commands (``INFO commandstats``, those inside scripts included) / routed."""
+    redis_trips_per_call: float | None = None
+    """Redis read events (``total_reads_processed``: round trips, near enough) / routed."""
+    redis_commands: dict[str, float] | None = None
+    """Each Redis command's calls / routed."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON."""
@@ -123,8 +134,10 @@ async def measure(
     callee: str,
     daemon_pid: int | None,
     settle_timeout_s: float,
+    redis: RedisProbe | None = None,
 ) -> RunResult:
-    """Place ``rate * duration_s`` calls, wait until all are over, return the numbers."""
+    """Place ``rate * duration_s`` calls, wait until all are over, return the numbers (with
+    ``redis``, what that Redis spent over the same window)."""
     count = max(1, round(rate * duration_s))
     load1 = os.getloadavg()[0]
     # The simulator keeps every call's record: a full collection over them would stall the
@@ -133,12 +146,13 @@ async def measure(
     gc.freeze()
     gc.disable()
     try:
-        return await _measure(
-            sim, rate, count, caller_numbers, callee, daemon_pid, settle_timeout_s, load1
+        result = await _measure(
+            sim, rate, count, caller_numbers, callee, daemon_pid, settle_timeout_s, load1, redis
         )
     finally:
         gc.enable()
         gc.unfreeze()
+    return result
 
 
 async def _measure(
@@ -150,7 +164,9 @@ async def _measure(
     daemon_pid: int | None,
     settle_timeout_s: float,
     load1: float,
+    redis: RedisProbe | None,
 ) -> RunResult:
+    redis0 = await redis.sample() if redis is not None else None
     cpu0 = proc.cpu_seconds(daemon_pid) if daemon_pid else None
     own0 = _own_cpu_s()
     t0 = time.monotonic()
@@ -160,6 +176,7 @@ async def _measure(
     cpu1 = proc.cpu_seconds(daemon_pid) if daemon_pid else None
     own1 = _own_cpu_s()
     rss = proc.rss_bytes(daemon_pid) if daemon_pid else None
+    redis1 = await redis.sample() if redis is not None else None
 
     latencies = sorted(
         lat * 1000.0 for c in calls if (lat := c.decision_latency_s) is not None and not c.late
@@ -169,6 +186,7 @@ async def _measure(
     routed = transferred + terminated
     errors = sum(1 for c in calls for n in c.notifications if n.status != 200)
     cpu_s = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+    used = None if redis0 is None or redis1 is None else use_between(redis0, redis1, routed)
     return RunResult(
         rate=rate,
         achieved_rate=round(count / placing_s, 1) if placing_s > 0 else float(count),
@@ -177,6 +195,7 @@ async def _measure(
         transferred=transferred,
         terminated=terminated,
         missed=count - routed,
+        in_window_pct=round(100.0 * routed / count, 2),
         lifecycle_complete=sum(1 for c in calls if _complete(c)),
         webhook_errors=errors,
         p50_ms=_round(percentile(latencies, 50)),
@@ -192,6 +211,10 @@ async def _measure(
         generator_lag_ms_max=round(lag_s * 1000.0, 2),
         window_s=round(window_s, 2),
         load1=round(load1, 2),
+        redis_cpu_ms_per_call=None if used is None else used.cpu_ms_per_call,
+        redis_cmds_per_call=None if used is None else used.cmds_per_call,
+        redis_trips_per_call=None if used is None else used.trips_per_call,
+        redis_commands=None if used is None else used.commands,
     )
 
 

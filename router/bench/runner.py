@@ -24,6 +24,7 @@ from router import runtime
 from router.bench import proc
 from router.bench.files import DaemonFiles, callers, write_daemon_files
 from router.bench.load import RunResult, measure, wait_quiet
+from router.bench.redis_probe import RedisProbe, bench_storage
 from router.bench.report import medians
 from router.simulator import SimConfig, Simulator, generated_workplaces, serve_simulator
 
@@ -64,6 +65,10 @@ class BenchSettings:
     """``server.max_inflight`` of the daemon started here (``None``: the daemon's default)."""
     clients_file: bool = False
     """The daemon started here has its callers in a ``clients_file`` (rules format 2)."""
+    storage: str = "memory"
+    """The daemon's storage: ``memory``, ``redis`` (a throwaway redis-server started here) or a
+    Redis URL; with Redis each run also reports what Redis spent (:mod:`router.bench.redis_probe`).
+    """
 
     def sim_config(self) -> SimConfig:
         """The simulator: generated workplaces, short calls, the full lifecycle notified."""
@@ -224,6 +229,8 @@ class Daemon:
     describe: dict[str, Any]
     files: DaemonFiles | None = None
     """Its files, when it was started here."""
+    redis: RedisProbe | None = None
+    """Its Redis, when the bench measures one."""
 
 
 @dataclass(frozen=True)
@@ -266,13 +273,19 @@ async def _daemon(
         )
         port = urlsplit(events).port or 80
         pid = settings.daemon_pid or proc.pid_listening_on(port)
-        yield Daemon(events, admin, pid, {"mode": "external", "events_url": events, "pid": pid})
+        async with bench_storage(settings.storage, probe_only=True) as storage:
+            describe = {"mode": "external", "events_url": events, "pid": pid}
+            describe |= storage.describe()
+            yield Daemon(events, admin, pid, describe, redis=storage.probe)
         return
-    with contextlib.ExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         if settings.workdir is not None:
             workdir = settings.workdir
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mtt-bench-")))
+        storage = await stack.enter_async_context(bench_storage(settings.storage, workdir))
+        tokens = sim.issue_tokens()
+        await storage.seed_tokens(tokens)
         files = write_daemon_files(
             workdir,
             sim_url=sim.url,
@@ -280,11 +293,13 @@ async def _daemon(
             admin=f"127.0.0.1:{proc.free_port()}",
             workplaces=sim.config.workplaces,
             caller_numbers=callers(settings.callers),
-            tokens=sim.issue_tokens(),
+            tokens=tokens,
             log_level=settings.log_level,
             capture=settings.capture,
             max_inflight=settings.max_inflight,
             clients_file=settings.clients_file,
+            storage=storage.url,
+            storage_prefix=storage.prefix,
         )
         daemon = DaemonProcess(files, settings.daemon_loop)
         await daemon.start()
@@ -300,8 +315,11 @@ async def _daemon(
                 "loop": settings.daemon_loop,
                 "capture": settings.capture,
                 "max_inflight": settings.max_inflight,
+                **storage.describe(),
             }
-            yield Daemon(files.events_url, files.admin_url, daemon.pid, describe, files)
+            yield Daemon(
+                files.events_url, files.admin_url, daemon.pid, describe, files, storage.probe
+            )
         finally:
             await daemon.stop()
 
@@ -316,14 +334,14 @@ async def run_bench(
     callee = config.numbers[0]
     settle_s = config.parking_window_s + 5.0
     async with bench_rig(settings, config) as rig:
-        sim, pid = rig.sim, rig.daemon.pid
+        sim, pid, redis = rig.sim, rig.daemon.pid, rig.daemon.redis
         if settings.warmup_s > 0:
             warm = replace(settings, duration_s=settings.warmup_s)
             say(f"warm-up: {warm.rate:g} calls/s for {warm.duration_s:g} s")
-            await _measure(sim, warm, caller_numbers, callee, pid, settle_s)
+            await _measure(sim, warm, caller_numbers, callee, pid, settle_s, redis)
         runs: list[RunResult] = []
         for i in range(settings.repeat):
-            result = await _measure(sim, settings, caller_numbers, callee, pid, settle_s)
+            result = await _measure(sim, settings, caller_numbers, callee, pid, settle_s, redis)
             runs.append(result)
             say(
                 f"run {i + 1}/{settings.repeat}: routed {result.routed}/{result.sent}, "
@@ -342,6 +360,7 @@ async def _measure(
     callee: str,
     pid: int | None,
     settle_s: float,
+    redis: RedisProbe | None = None,
 ) -> RunResult:
     await wait_quiet(sim, settle_s)
     return await measure(
@@ -352,4 +371,5 @@ async def _measure(
         callee=callee,
         daemon_pid=pid,
         settle_timeout_s=settle_s,
+        redis=redis,
     )

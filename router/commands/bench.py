@@ -23,13 +23,16 @@ from router.bench import BenchError, BenchSettings, run_bench
 from router.bench.clients_file import ClientsFileReport, ClientsFileSettings, run_clients_file
 from router.bench.flood import MAX_INFLIGHT, FloodReport, FloodSettings, run_flood
 from router.bench.forged import CONCURRENCY
+from router.bench.redis_probe import RedisProbeError
 from router.bench.report import table
 from router.bench.soak import SoakReport, SoakSettings, run_soak
 from router.commands._common import add_json_arg
 from router.exits import Exit
+from router.logs import setup_cli_logging
 from router.progress import Bar
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 DEFAULTS = {
     # mode: rate, duration (s), talk (ms), warm-up (s)
@@ -144,6 +147,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--workdir", metavar="DIR", help="keep the daemon's files and log here")
     p.add_argument(
+        "--storage",
+        default="memory",
+        metavar="memory|redis|URL",
+        help="the daemon's storage: memory (default); redis: a throwaway redis-server started "
+        "here (free port, temporary directory); or a Redis URL (keys under a prefix of the "
+        "bench's own, deleted afterwards; with --daemon-url: that daemon's Redis, measured "
+        "only). With Redis the table adds Redis CPU, commands and round trips per call",
+    )
+    p.add_argument(
         "--capture",
         action="store_true",
         help="turn log.capture on in the daemon started here (capture.jsonl beside its log), "
@@ -189,6 +201,13 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         raise ValueError("--daemon-url and --admin-url go together")
     if args.capture and args.daemon_url is not None:
         raise ValueError("--capture applies to the daemon started here, not to --daemon-url")
+    if args.storage not in ("memory", "redis") and not args.storage.startswith(SCHEMES):
+        raise ValueError(f"--storage must be memory, redis or a Redis URL ({', '.join(SCHEMES)})")
+    if args.storage == "redis" and args.daemon_url is not None:
+        raise ValueError(
+            "--storage redis starts a Redis for the daemon started here; with "
+            "--daemon-url give that daemon's Redis URL"
+        )
     default_listen = "127.0.0.1:8900" if args.daemon_url else "127.0.0.1:0"
     max_inflight = args.max_inflight
     if mode == "flood" and max_inflight is None and args.daemon_url is None:
@@ -210,6 +229,7 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         workdir=Path(args.workdir) if args.workdir else None,
         capture=args.capture,
         max_inflight=max_inflight,
+        storage=args.storage,
     )
 
 
@@ -226,6 +246,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return Exit.USAGE
+    # Log lines of this process (the simulator, the token set seeded into Redis) on stderr, and
+    # only errors: stdout is the table's or the JSON's.
+    setup_cli_logging("error")
     # On a terminal, a bar on stderr for the time the runs should take, the phase lines above
     # it; elsewhere the phase lines alone (none with --json).
     bar = Bar(f"bench ({mode_of(args)})", expected_s(settings, mode_of(args)), unit="seconds")
@@ -246,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
                 done = runtime.run(bar.ticking(run_flood(flood, progress)))
             else:
                 report = runtime.run(bar.ticking(run_bench(settings, progress=progress)))
-    except (BenchError, OSError) as exc:
+    except (BenchError, RedisProbeError, OSError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return Exit.FAILED
     if args.soak or args.flood is not None or args.clients_file is not None:
