@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.timeout(120)
 def test_the_mode_loads_reloads_and_reports(tmp_path: Path) -> None:
-    """20,000 rows, 2 s per phase at 20 calls/s: loaded, reloaded, every call decided, JSON."""
+    """20,000 rows, 2 s per phase (in 5 rounds) at 20 calls/s: loaded, reloaded with the CPU it
+    took, every call decided, JSON."""
     done = subprocess.run(
         [sys.executable, "-m", "router", "bench", "--clients-file", "20000",
          "--rate", "20", "--duration", "2", "--warmup", "0.2", "--workplaces", "20",
@@ -36,7 +37,9 @@ def test_the_mode_loads_reloads_and_reports(tmp_path: Path) -> None:
     assert report["settings"]["rows"] == 20_000
     assert report["first_load_s"] > 0
     assert report["reloads"] >= 1
-    assert len(report["reload_s"]) == report["reloads"]
+    assert len(report["reload_s"]) == len(report["reload_cpu_s"]) == report["reloads"]
+    assert all(cpu > 0 for cpu in report["reload_cpu_s"])
+    assert set(report["cpu_pressure"]) == {"steady", "reloading"}
     for phase in (report["steady"], report["during_reloads"]):
         assert (phase["sent"], phase["routed"], phase["missed"]) == (40, 40, 0)
     assert set(report["rss_mb"]) == {"small_csv", "loaded", "after_reloads"}

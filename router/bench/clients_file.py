@@ -3,12 +3,15 @@
 The daemon starts on rules format 2 whose ``clients_file`` lists only the callers; then an N-row
 CSV (the callers first) is renamed onto it, and the watcher reloads it. Reported:
 
-- the load time, from the daemon's ``rules_loaded`` line (``load_s``: the rules file read, the
-  CSV read in a child process, the rules swapped), for that first load and every reload after;
-- decision latency at the simulator (p50/p99/max) under a steady call rate, first with no
-  reload, then while the CSV is touched again as soon as each reload ends (a reload begins
-  once the file has held still for a poll interval, so part of that phase is between loads: the
-  calls whose ``trying`` went out while a load was running are reported apart, "in a load");
+- the load time, from the daemon's ``rules_loaded`` line (``load_s``: the rules and the CSV read
+  in a child process, the rules swapped; ``load_cpu_s``: the CPU that took, which a busy machine
+  does not stretch), for that first load and every reload after;
+- decision latency at the simulator (p50/p99/max) under a steady call rate without a reload, and
+  while the CSV is touched again as soon as each reload ends (a reload begins once the file has
+  held still for a poll interval, so part of that time is between loads: the calls whose
+  ``trying`` went out while a load was running are reported apart, "in a load"). The two
+  alternate in :data:`ROUNDS` rounds, so that both see the same machine (others' work on it comes
+  and goes: the CPU pressure of each is reported);
 - the daemon's RSS with the small CSV, after the big one is loaded, and after the reloads.
 """
 
@@ -18,11 +21,11 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -38,6 +41,9 @@ METRICS_POLL_S = 0.1
 TARGETS = {"load_s": 5.0, "p99_ratio": 2.0, "rss_growth_mb": 300.0}
 """What a million rows must stay within on a 2-core machine."""
 RSS_POINTS = ("small_csv", "loaded", "after_reloads")
+ROUNDS = 5
+"""Rounds of (no reload, reloads): each phase's --duration is split among them."""
+PRESSURE = Path("/proc/pressure/cpu")
 
 
 @dataclass(frozen=True)
@@ -100,13 +106,15 @@ class ClientsFileReport:
     settings: dict[str, Any]
     first_load_s: float | None
     reload_s: list[float]
+    reload_cpu_s: list[float]
     rss_mb: dict[str, float | None]
     steady: Phase
     reloading: Phase
     seconds_loading: float
     reloading_s: float
-    load1: list[float]
-    """The machine's 1-minute load average at the start of each phase (others' work shows)."""
+    pressure: dict[str, float | None]
+    """CPU pressure (``some``, % of the time a task waited for a CPU) during each phase: the
+    machine's other work shows here."""
 
     def checks(self) -> dict[str, Any]:
         """Each target: the measured value, the limit, and whether it held."""
@@ -135,10 +143,11 @@ class ClientsFileReport:
             "first_load_s": self.first_load_s,
             "reloads": len(self.reload_s),
             "reload_s": self.reload_s,
+            "reload_cpu_s": self.reload_cpu_s,
             "seconds_loading": round(self.seconds_loading, 2),
             "reloading_phase_s": round(self.reloading_s, 2),
             "rss_mb": self.rss_mb,
-            "load1": self.load1,
+            "cpu_pressure": self.pressure,
             "steady": self.steady.to_json(),
             "during_reloads": self.reloading.to_json(),
             "targets": self.checks(),
@@ -148,11 +157,13 @@ class ClientsFileReport:
         """The table."""
         s, d = self.steady.to_json(), self.reloading.to_json()
         i = d.get("in_load", {})
-        loads = sorted(self.reload_s)
+        loads, cpu = sorted(self.reload_s), sorted(self.reload_cpu_s)
+        p = self.pressure
         rows = [
             ("rows in clients_file", f"{self.settings['rows']:,}"),
             ("first load (s)", _show(self.first_load_s)),
             ("reloads: count, min/median/max (s)", f"{len(loads)}, " + _spread(loads)),
+            ("  CPU of each: min/median/max (s)", _spread(cpu)),
             ("time spent loading in the reload phase",
              f"{self.seconds_loading:.1f} of {self.reloading_s:.1f} s"),
             ("decisions, no reload: sent, p50/p99/max ms",
@@ -165,7 +176,8 @@ class ClientsFileReport:
             ("missed (no reload / reload phase)", f"{s['missed']} / {d['missed']}"),
             ("RSS MB: small CSV, loaded, after reloads",
              ", ".join(_show(self.rss_mb.get(k)) for k in RSS_POINTS)),
-            ("load average at big load, steady, reloads", ", ".join(map(str, self.load1))),
+            ("CPU pressure % (others' work): no reload, reloads",
+             f"{_show(p.get('steady'))}, {_show(p.get('reloading'))}"),
         ]  # fmt: skip
         for name, check in self.checks().items():
             verdict = "ok" if check["ok"] else "OVER"
@@ -190,8 +202,17 @@ def _spread(values: list[float]) -> str:
     return f"{values[0]:g}/{values[len(values) // 2]:g}/{values[-1]:g}"
 
 
-def loads_in_log(log: Path) -> list[tuple[float, float, int]]:
-    """``(ended at, load_s, clients)`` of every ``rules_loaded`` line in the daemon's log."""
+class Logged(NamedTuple):
+    """One ``rules_loaded`` line of the daemon's log."""
+
+    ended: float
+    load_s: float
+    cpu_s: float | None
+    clients: int
+
+
+def loads_in_log(log: Path) -> list[Logged]:
+    """Every ``rules_loaded`` line in the daemon's log."""
     found = []
     try:
         lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -203,10 +224,25 @@ def loads_in_log(log: Path) -> list[tuple[float, float, int]]:
         try:
             entry = json.loads(line)
             ended = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp()
-            found.append((ended, float(entry["load_s"]), int(entry["clients"])))
+            cpu = entry.get("load_cpu_s")
+            found.append(
+                Logged(ended, float(entry["load_s"]), cpu and float(cpu), int(entry["clients"]))
+            )
         except (ValueError, KeyError, TypeError):
             continue
     return found
+
+
+def cpu_pressure() -> float | None:
+    """Total microseconds some task waited for a CPU (``/proc/pressure/cpu``), or ``None``."""
+    try:
+        first = PRESSURE.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    for part in first.split():
+        if part.startswith("total="):
+            return float(part.removeprefix("total="))
+    return None
 
 
 async def reloads_ok(http: aiohttp.ClientSession, admin_url: str) -> float:
@@ -248,12 +284,54 @@ async def _touch_until(rig: Rig, csv: Path, stop: asyncio.Event) -> None:
         count = await wait_reload(http, admin, count)
 
 
+class _Tally:
+    """Calls and wall-clock spans of one kind of round, and the CPU pressure over them."""
+
+    def __init__(self) -> None:
+        self.calls: list[SimCall] = []
+        self.spans: list[tuple[float, float]] = []
+        self.waited_us = 0.0
+        self.pressure_known = True
+
+    async def run(self, work: Awaitable[list[SimCall]]) -> None:
+        started, before = time.time(), cpu_pressure()
+        self.calls += await work
+        ended, after = time.time(), cpu_pressure()
+        self.spans.append((started, ended))
+        if before is None or after is None:
+            self.pressure_known = False
+        else:
+            self.waited_us += after - before
+
+    def seconds(self) -> float:
+        return sum(b - a for a, b in self.spans)
+
+    def pressure(self) -> float | None:
+        seconds = self.seconds()
+        if not self.pressure_known or not seconds:
+            return None
+        return round(100.0 * self.waited_us / 1e6 / seconds, 1)
+
+
+async def _reloading(rig: Rig, settings: BenchSettings, csv: Path, seconds: float) -> list[SimCall]:
+    """Calls for ``seconds`` while the CSV is touched after every reload; the last reload ends
+    before this returns."""
+    stop = asyncio.Event()
+    toucher = asyncio.create_task(_touch_until(rig, csv, stop))
+    try:
+        return await _calls(rig, settings, seconds)
+    finally:
+        stop.set()
+        await asyncio.wait_for(toucher, RELOAD_TIMEOUT_S)
+
+
 async def run_clients_file(
     settings: ClientsFileSettings, progress: Callable[[str], None] | None = None
 ) -> ClientsFileReport:
-    """Start the rig on a small CSV, load the big one, then the two phases."""
+    """Start the rig on a small CSV, load the big one, then the rounds."""
     say = progress or (lambda _line: None)
-    b = replace(settings.bench, clients_file=True, duration_s=settings.bench.duration_s * 2)
+    phase_s = settings.bench.duration_s
+    b = replace(settings.bench, clients_file=True, duration_s=phase_s * 2)
     async with bench_rig(b, b.sim_config()) as rig:
         files, pid = rig.daemon.files, rig.daemon.pid
         if files is None or pid is None:
@@ -263,7 +341,6 @@ async def run_clients_file(
             say(f"warm-up: {b.rate:g} calls/s for {b.warmup_s:g} s")
             await _calls(rig, b, b.warmup_s)
         rss: dict[str, float | None] = {"small_csv": _mb(proc.rss_bytes(pid))}
-        load1 = [round(os.getloadavg()[0], 2)]
         say(f"writing {settings.rows:,} rows")
         big = csv.with_name("clients.big.csv")
         await asyncio.to_thread(write_clients_csv, big, settings.rows, b.workplaces)
@@ -271,38 +348,36 @@ async def run_clients_file(
         os.replace(big, csv)
         await wait_reload(rig.http, rig.daemon.admin_url, count)
         first = loads_in_log(files.log)[-1]
-        if first[2] < settings.rows:
-            raise BenchError(f"the daemon loaded {first[2]} clients, not {settings.rows}")
+        if first.clients < settings.rows:
+            raise BenchError(f"the daemon loaded {first.clients} clients, not {settings.rows}")
         rss["loaded"] = _mb(proc.rss_bytes(pid))
-        say(f"loaded in {first[1]:g} s; {settings.bench.duration_s:g} s without reloads")
-        load1.append(round(os.getloadavg()[0], 2))
-        steady = Phase("steady", await _calls(rig, b, settings.bench.duration_s))
-        say(f"{settings.bench.duration_s:g} s while the CSV is touched after every reload")
-        load1.append(round(os.getloadavg()[0], 2))
-        stop, started = asyncio.Event(), time.time()
-        toucher = asyncio.create_task(_touch_until(rig, csv, stop))
-        try:
-            calls = await _calls(rig, b, settings.bench.duration_s)
-        finally:
-            stop.set()
-            await asyncio.wait_for(toucher, RELOAD_TIMEOUT_S)
-        ended = time.time()
+        each = phase_s / ROUNDS
+        say(f"loaded in {first.load_s:g} s; {ROUNDS} rounds: {each:g} s without reloads, then")
+        say(f"{each:g} s while the CSV is touched after every reload")
+        steady, reloading = _Tally(), _Tally()
+        for i in range(ROUNDS):
+            await steady.run(_calls(rig, b, each))
+            await reloading.run(_reloading(rig, b, csv, each))
+            say(f"round {i + 1}/{ROUNDS} done")
         rss["after_reloads"] = _mb(proc.rss_bytes(pid))
         logged = loads_in_log(files.log)  # before the rig's work directory goes
-    loads = [(end, took) for end, took, _ in logged if end >= started]
-    windows = [(end - took, end) for end, took in loads]
-    spent = sum(max(0.0, min(b_, ended) - max(a, started)) for a, b_ in windows)
+    loads = [x for x in logged if any(a <= x.ended <= b_ + 1 for a, b_ in reloading.spans)]
+    windows = [(x.ended - x.load_s, x.ended) for x in loads]
+    spent = sum(
+        max(0.0, min(w1, b_) - max(w0, a)) for w0, w1 in windows for a, b_ in reloading.spans
+    )
     return ClientsFileReport(
-        settings={"rows": settings.rows, "rate": b.rate, "phase_s": settings.bench.duration_s,
+        settings={"rows": settings.rows, "rate": b.rate, "phase_s": phase_s, "rounds": ROUNDS,
                   "workplaces": b.workplaces, "callers": b.callers, "loop": b.daemon_loop},
-        first_load_s=first[1],
-        reload_s=[took for _, took in loads],
+        first_load_s=first.load_s,
+        reload_s=[x.load_s for x in loads],
+        reload_cpu_s=[x.cpu_s for x in loads if x.cpu_s is not None],
         rss_mb=rss,
-        steady=steady,
-        reloading=Phase("reloading", calls, windows),
+        steady=Phase("steady", steady.calls),
+        reloading=Phase("reloading", reloading.calls, windows),
         seconds_loading=spent,
-        reloading_s=ended - started,
-        load1=load1,
+        reloading_s=reloading.seconds(),
+        pressure={"steady": steady.pressure(), "reloading": reloading.pressure()},
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -70,6 +71,8 @@ class Loaded(NamedTuple):
     clients_path: Path | None = None
     clients_signature: Signature | None = None
     """Of the ``clients_file`` as it was opened (the watcher compares it)."""
+    cpu_s: float | None = None
+    """CPU seconds the load took (a child's whole life: its start included)."""
 
 
 class _Recorder:
@@ -106,6 +109,7 @@ def _size(job: Job) -> int:
 
 def load_here(job: Job) -> Loaded:
     """Load ``job`` in this process (blocking)."""
+    cpu = time.thread_time()
     recorder = _Recorder()
     rules, error = None, None
     try:
@@ -118,9 +122,10 @@ def load_here(job: Job) -> Loaded:
     except RulesError as exc:
         error = exc
     request, read = recorder.request, recorder.read
+    cpu_s = time.thread_time() - cpu
     if request is None or read is None or request.text is not None:
-        return Loaded(rules, error)
-    return Loaded(rules, error, request.path, read.signature)
+        return Loaded(rules, error, cpu_s=cpu_s)
+    return Loaded(rules, error, request.path, read.signature, cpu_s)
 
 
 def load_in_child(job: Job) -> Loaded:
@@ -261,7 +266,8 @@ def main() -> int:
     with contextlib.suppress(OSError):  # not permitted: run at the daemon's priority
         os.nice(NICE)
     buffers: list[pickle.PickleBuffer] = []
-    data = dumps(load_here(job), buffers)
+    loaded = load_here(job)
+    data = dumps(loaded._replace(cpu_s=time.process_time()), buffers)
     views = [buffer.raw() for buffer in buffers]
     out.write(_HEAD.pack(len(data), len(views)))
     out.write(b"".join(struct.pack("<Q", view.nbytes) for view in views))

@@ -57,9 +57,16 @@ class RulesHolder:
         """Called after every install (e.g. to check the rules against the PBX's workplaces)."""
 
     def install(
-        self, rules: Rules, version: int, source: str, *, load_s: float | None = None
+        self,
+        rules: Rules,
+        version: int,
+        source: str,
+        *,
+        load_s: float | None = None,
+        cpu_s: float | None = None,
     ) -> None:
-        """Make ``rules`` the rules in use (``load_s``: how long reading them took)."""
+        """Make ``rules`` the rules in use (``load_s``: how long reading them took, ``cpu_s``:
+        the CPU time the reading took, in a child process or a thread)."""
         self.current = LoadedRules(rules, version, source, time.time())
         self.last_error = None
         self._metrics.rules_reloads.labels("ok").inc()
@@ -67,6 +74,8 @@ class RulesHolder:
         for kind, count in rules.counts().items():
             self._metrics.rules_entries.labels(kind).set(count)
         took = {} if load_s is None else {"load_s": round(load_s, 3)}
+        if cpu_s is not None:
+            took["load_cpu_s"] = round(cpu_s, 3)
         log.info("rules_loaded", source=source, version=version, **took, **rules.counts())
         for listener in self.listeners:
             listener()
@@ -162,7 +171,11 @@ class FileRulesSource:
             self._version += 1
             log.info("rules_reload", reason=reason, path=str(self.path))
             self.holder.install(
-                loaded.rules, self._version, str(self.path), load_s=time.monotonic() - started
+                loaded.rules,
+                self._version,
+                str(self.path),
+                load_s=time.monotonic() - started,
+                cpu_s=loaded.cpu_s,
             )
             return True
 
@@ -255,6 +268,10 @@ class SharedRulesSource:
                 return False
             log.info("rules_reload", reason=reason, source=source)
             self.holder.install(
-                loaded.rules, pulled.version, "redis", load_s=time.monotonic() - started
+                loaded.rules,
+                pulled.version,
+                "redis",
+                load_s=time.monotonic() - started,
+                cpu_s=loaded.cpu_s,
             )
             return True
