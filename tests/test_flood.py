@@ -112,6 +112,9 @@ def _kept(base: probe.Vitals, decided: Counter[str], real: int) -> dict[str, tup
         # Decided calls until connected or finished: the forged ones never are; the real ones
         # decided (at most all of them) were.
         "answers": (start["answers"] + claimed - real, start["answers"] + claimed),
+        # The status page's recent past keeps what happened by design: held to its limit only.
+        "history": (start["history"], base.bounds["history"][1]),
+        "number_cache": (start["number_cache"], base.bounds["number_cache"][1]),
     }
 
 
