@@ -36,6 +36,7 @@ from router.metrics import Metrics
 from router.mtt.auth import TokenManager
 from router.mtt.client import MttClient, make_session
 from router.mtt.oauth import OAuthClient
+from router.numbers import normalize
 from router.rollout import Rollout
 from router.rules.source import FileRulesSource, RulesHolder, SharedRulesSource
 from router.sources import DEFAULT_SOURCES, CandidateSource
@@ -89,6 +90,8 @@ class Services:
                 found[name] = part.bound()
         if self.capture is not None:
             found["capture_queue"] = self.capture.bound()
+        cached = normalize.cache_info()
+        found["number_cache"] = Bound(cached.currsize, cached.maxsize or 0)
         if self.learning is not None:
             found["learning"] = self.learning.bound()
         if self.lookup is not None:

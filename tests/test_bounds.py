@@ -57,6 +57,7 @@ async def test_status_shows_every_bound(start_daemon: StartDaemon, tmp_path: Pat
         "capture_queue",
         "claims",
         "decisions",
+        "number_cache",
         "learned",
         "learning",
         "lookup_cache",
