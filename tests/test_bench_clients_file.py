@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(120)
 def test_the_mode_loads_reloads_and_reports(tmp_path: Path) -> None:
     """20,000 rows, 2 s per phase (in 5 rounds) at 20 calls/s: loaded, reloaded with the CPU it
-    took, every call decided, JSON."""
+    took, every call decided, the control rounds (the same load in another process) too; JSON."""
     done = subprocess.run(
-        [sys.executable, "-m", "router", "bench", "--clients-file", "20000",
+        [sys.executable, "-m", "router", "bench", "--clients-file", "20000", "--control",
          "--rate", "20", "--duration", "2", "--warmup", "0.2", "--workplaces", "20",
          "--callers", "100", "--workdir", str(tmp_path), "--json"],
         cwd=ROOT, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
@@ -39,9 +39,10 @@ def test_the_mode_loads_reloads_and_reports(tmp_path: Path) -> None:
     assert report["reloads"] >= 1
     assert len(report["reload_s"]) == len(report["reload_cpu_s"]) == report["reloads"]
     assert all(cpu > 0 for cpu in report["reload_cpu_s"])
-    assert set(report["cpu_pressure"]) == {"steady", "reloading"}
-    for phase in (report["steady"], report["during_reloads"]):
+    assert set(report["cpu_pressure"]) == {"steady", "reloading", "control"}
+    for phase in (report["steady"], report["during_reloads"], report["control"]):
         assert (phase["sent"], phase["routed"], phase["missed"]) == (40, 40, 0)
+    assert report["control"]["in_load"]["sent"] > 0  # calls placed while the other process loaded
     assert set(report["rss_mb"]) == {"small_csv", "loaded", "after_reloads"}
     assert set(report["targets"]) == {"load_s", "p99_ratio", "rss_growth_mb"}
     logged = (tmp_path / "daemon.log").read_text(encoding="utf-8")
@@ -52,6 +53,8 @@ def test_the_mode_refuses_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     """No rows, or with another mode: exit 2 with a reason."""
     assert main(["bench", "--clients-file", "0"]) == 2
     assert "--clients-file" in capsys.readouterr().err
+    assert main(["bench", "--control"]) == 2
+    assert "--control goes with --clients-file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         main(["bench", "--clients-file", "10", "--soak"])
     assert info.value.code == 2

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from router import runtime
 from router.bench import BenchError, BenchSettings, run_bench
-from router.bench.clients_file import ClientsFileReport, ClientsFileSettings, run_clients_file
+from router.bench.clients_file import ClientsFileSettings, run_clients_file
+from router.bench.clients_report import ClientsFileReport
 from router.bench.flood import MAX_INFLIGHT, FloodReport, FloodSettings, run_flood
 from router.bench.forged import CONCURRENCY
 from router.bench.redis_probe import RedisProbeError
@@ -90,6 +91,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the daemon on rules format 2 with an N-row clients_file: its load time, decision "
         "latency without a reload and while the CSV is touched after every reload (--duration "
         "each, default 30 s), its RSS before, loaded and after",
+    )
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="--clients-file: also rounds in which another process does the same load while the "
+        "daemon does none (what that CPU work costs decisions on this machine by itself)",
     )
     p.add_argument(
         "--rate",
@@ -191,6 +198,8 @@ def settings_from(args: argparse.Namespace) -> BenchSettings:
         raise ValueError("--flood needs at least 1 notification")
     if args.clients_file is not None and args.clients_file < 1:
         raise ValueError("--clients-file needs at least 1 row")
+    if args.control and args.clients_file is None:
+        raise ValueError("--control goes with --clients-file")
     if args.sample_every <= 0 or args.concurrency < 1:
         raise ValueError("--sample-every must be positive, --concurrency at least 1")
     if args.max_inflight is not None and args.max_inflight < 1:
@@ -257,7 +266,9 @@ def run(args: argparse.Namespace) -> int:
         with bar:
             progress = None if args.json else bar.note
             if args.clients_file is not None:
-                clients = ClientsFileSettings(bench=settings, rows=args.clients_file)
+                clients = ClientsFileSettings(
+                    bench=settings, rows=args.clients_file, control=args.control
+                )
                 done = runtime.run(bar.ticking(run_clients_file(clients, progress)))
             elif args.soak:
                 soak = SoakSettings(bench=settings, sample_every_s=args.sample_every)
