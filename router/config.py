@@ -25,8 +25,8 @@ from router.config_read import (
     is_loopback,
     networks,
     non_empty,
-    redis_or_memory,
 )
+from router.config_redis import RedisOptions, read_redis_section, storage_url
 from router.errors import ConfigError
 from router.numbers import try_normalize
 
@@ -131,6 +131,8 @@ class Config:
     server: ServerConfig = ServerConfig()
     storage: str = field(default="memory", repr=False)  # a Redis URL may carry a password
     storage_prefix: str = "mtt-router:"
+    redis: RedisOptions = field(default_factory=RedisOptions)
+    """TLS files and the sentinels' login (the ``redis:`` section), for a Redis ``storage``."""
     tokens_file: str = "tokens.json"
     rules: RulesConfig = RulesConfig()
     routing: RoutingConfig = RoutingConfig()
@@ -192,7 +194,17 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
     top = reader.section(
         data,
         "",
-        ("mtt", "server", "storage", "storage_prefix", "tokens_file", "rules", "routing", "log"),
+        (
+            "mtt",
+            "server",
+            "storage",
+            "storage_prefix",
+            "redis",
+            "tokens_file",
+            "rules",
+            "routing",
+            "log",
+        ),
     )
 
     m = reader.section(
@@ -318,8 +330,9 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         mask_numbers=mask,
     )
 
-    storage = reader.string(top, "storage", "", "memory", redis_or_memory)
+    storage = reader.string(top, "storage", "", "memory", storage_url)
     prefix = reader.string(top, "storage_prefix", "", "mtt-router:")
+    redis = read_redis_section(reader, top.get("redis"), storage)
     tokens_file = reader.string(top, "tokens_file", "", "tokens.json", non_empty)
     if rules.source == "redis" and storage == "memory":
         reader.problems.append("rules.source: 'redis' needs storage to be a redis:// URL")
@@ -332,6 +345,7 @@ def parse_config(data: Any, env: Mapping[str, str] | None = None) -> Config:
         server=server,
         storage=storage,
         storage_prefix=prefix,
+        redis=redis,
         tokens_file=tokens_file,
         rules=rules,
         routing=routing,

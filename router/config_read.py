@@ -74,15 +74,6 @@ def http_url(value: str) -> str | None:
     return None
 
 
-def redis_or_memory(value: str) -> str | None:
-    if value == "memory":
-        return None
-    parts = urlsplit(value)
-    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.netloc or parts.path):
-        return f"must be 'memory' or a redis:// URL, got {value!r}"
-    return None
-
-
 def non_empty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from router.config_read import is_loopback
+from router.config_redis import is_sentinel_url
 from router.doctor_context import (
     REQUEST_TIMEOUT_S,
     Check,
@@ -30,6 +31,7 @@ from router.doctor_context import (
     probe_api,
     warn,
 )
+from router.doctor_sentinel import check_sentinel
 from router.errors import NeedsLoginError, RulesError, StorageError, UpstreamError
 from router.mtt.client import EXTERNAL_NUMBERS
 from router.mtt.token_state import iso
@@ -310,6 +312,8 @@ async def check_workplaces(ctx: DoctorContext) -> Check:
 async def check_storage(ctx: DoctorContext) -> Check:
     """The storage answers (Redis), or the tokens file can be written (memory)."""
     name, config = "storage", ctx.config
+    if is_sentinel_url(config.storage):
+        return await check_sentinel(config)
     if config.uses_redis:
         if await ctx.stores.ping():
             return ok(name, f"{ctx.stores.description} answers PING")

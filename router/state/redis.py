@@ -113,7 +113,7 @@ async def open_redis_stores(
     With ``background`` (default: for the daemon role) it starts the health probe and the
     presence and client-map subscribers; close with :meth:`RedisStores.aclose`.
     """
-    client = connect(config.storage, role=role)
+    client = connect(config.storage, role=role, options=config.redis)
     health = RedisHealth(metrics)
     ops = RedisOps(client, prefix=config.storage_prefix, metrics=metrics, health=health, role=role)
     clients = ClientMap(ops)

@@ -19,17 +19,20 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import ConstantBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from router.config_redis import RedisOptions, is_sentinel_url, parse_sentinel_url
 from router.errors import StorageError
 from router.metrics import Metrics
+from router.state.redis_sentinel import primary_of, sentinel_client, tls_kwargs
 
 log = structlog.get_logger("router.state")
 
@@ -57,6 +60,9 @@ class RedisTimeouts:
     millisecond) instead of opening a socket per command: a new connection costs ~4 ms of
     handshake CPU, and 32 at once on a busy host missed the 0.25 s connect timeout. Each
     pub/sub subscriber (presence, client map, rules and directory watchers) holds one."""
+    replica_wait_ms: int
+    """``WAIT 1`` after a token write: how long a replica may take to acknowledge it. Below the
+    socket timeout, or the wait itself would read as a dead Redis."""
 
 
 ROLE_TIMEOUTS: dict[Role, RedisTimeouts] = {
@@ -69,6 +75,7 @@ ROLE_TIMEOUTS: dict[Role, RedisTimeouts] = {
         health_check_interval_s=5,
         op_deadline_s=0.45,
         max_connections=12,
+        replica_wait_ms=150,
     ),
     # An operator waits a little longer, and an import sends batches of 10,000 fields.
     "cli": RedisTimeouts(
@@ -79,33 +86,41 @@ ROLE_TIMEOUTS: dict[Role, RedisTimeouts] = {
         health_check_interval_s=30,
         op_deadline_s=60.0,
         max_connections=8,
+        replica_wait_ms=2000,
     ),
 }
 
 
-def connect(url: str, *, role: Role = "daemon") -> aioredis.Redis:
+def connect(
+    url: str, *, role: Role = "daemon", options: RedisOptions | None = None
+) -> aioredis.Redis:
     """A Redis client for ``url`` with the timeouts of ``role`` (``daemon`` or ``cli``).
 
-    No I/O happens here: connections open on first use. Close the client with ``aclose()``.
-    Responses are decoded to ``str``.
+    ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL, or a ``redis+sentinel://`` one
+    (:mod:`router.state.redis_sentinel`); ``options`` (the config's ``redis:`` section) adds the
+    TLS files and the sentinels' login. No I/O happens here: connections open on first use.
+    Close the client with ``aclose()``. Responses are decoded to ``str``.
     """
     t = ROLE_TIMEOUTS[role]
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=t.max_connections,
-        timeout=t.op_deadline_s,
-        decode_responses=True,
-        socket_connect_timeout=t.connect_timeout_s,
-        socket_timeout=t.socket_timeout_s,
-        retry=Retry(
+    common: dict[str, Any] = {
+        "max_connections": t.max_connections,
+        "timeout": t.op_deadline_s,
+        "decode_responses": True,
+        "socket_connect_timeout": t.connect_timeout_s,
+        "socket_timeout": t.socket_timeout_s,
+        "retry": Retry(
             ConstantBackoff(t.retry_backoff_s),
             t.retries,
             supported_errors=(RedisConnectionError,),
         ),
-        retry_on_timeout=False,
-        health_check_interval=t.health_check_interval_s,
-        client_name=f"mtt-router-{role}",
-    )
+        "retry_on_timeout": False,
+        "health_check_interval": t.health_check_interval_s,
+        "client_name": f"mtt-router-{role}",
+    }
+    tls = tls_kwargs(url, options)
+    if is_sentinel_url(url):
+        return sentinel_client(parse_sentinel_url(url), options or RedisOptions(), common, tls)
+    pool = aioredis.BlockingConnectionPool.from_url(url, **common, **tls)
     return aioredis.Redis.from_pool(pool)
 
 
@@ -158,6 +173,9 @@ class RedisHealth:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
+    if isinstance(exc, MasterNotFoundError):
+        # redis-py appends the repr of each sentinel client tried (every setting, no reason)
+        text = text.split(" : ", 1)[0] + " (no sentinel answered, or none names a usable primary)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -212,6 +230,11 @@ class RedisOps:
             return False
         return True
 
+    @property
+    def primary(self) -> str | None:
+        """With Sentinel, ``host:port`` of the primary in use (``None`` otherwise)."""
+        return primary_of(self.client)
+
 
 def raise_if_cancelling() -> None:
     """Re-raise a cancellation of the current task that something swallowed.
@@ -238,12 +261,16 @@ async def cancel_and_wait(task: asyncio.Task[None], message: str) -> None:
 
 
 class HealthProbe:
-    """Background PING every ``interval_s`` so ``/readyz`` notices an outage with no traffic."""
+    """Background PING every ``interval_s`` so ``/readyz`` notices an outage with no traffic.
+
+    With Sentinel it also logs ``storage_primary`` when the primary in use changes (a failover).
+    """
 
     def __init__(self, ops: RedisOps, interval_s: float = 1.0) -> None:
         self._ops = ops
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self.primary: str | None = None
 
     def start(self) -> None:
         """Start pinging (idempotent)."""
@@ -258,6 +285,8 @@ class HealthProbe:
 
     async def _run(self) -> None:
         while True:
-            await self._ops.ping()
+            if await self._ops.ping() and (primary := self._ops.primary) != self.primary:
+                log.info("storage_primary", primary=primary, previous=self.primary)
+                self.primary = primary
             raise_if_cancelling()
             await asyncio.sleep(self.interval_s)

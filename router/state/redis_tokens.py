@@ -7,6 +7,12 @@ Keys (``P`` is ``storage_prefix``):
 - ``P tokens:lock`` — the refresh lock: a random owner token with a PX expiry (a crashed holder
   frees it by itself), released by a script that deletes it only for its owner.
 - ``P oauth:state:<state>`` — a pending OAuth ``state`` with a PX expiry, redeemed with GETDEL.
+
+Replication is asynchronous: a primary that dies right after a token write may take it along, and
+MTT has already retired the refresh token the new set replaced. So when the primary has a replica,
+a save waits (``WAIT 1``, on the connection that wrote) until one has it, at most the role's
+``replica_wait_ms``; a primary without a replica, or a replica that did not acknowledge in time,
+is logged once (``tokens_not_replicated``) until a save is acknowledged again.
 """
 
 from __future__ import annotations
@@ -20,12 +26,18 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import structlog
+from redis.exceptions import ResponseError
 
 from router.errors import StorageError
 from router.mtt.tokens import TokenSet
 from router.state.redis_conn import RedisOps
 
 log = structlog.get_logger("router.state")
+
+NO_REPLICA = (
+    "the primary has no replica: the token set lives on that one server "
+    "(its persistence settings decide what a crash keeps)"
+)
 
 LOCK_TTL_S = 30.0
 """The refresh lock frees itself after this long, should its holder die mid-refresh."""
@@ -71,6 +83,7 @@ class RedisTokenStore:
         self.lock_wait_s = lock_wait_s
         self._save_script = ops.client.register_script(_SAVE_LUA)
         self._release_script = ops.client.register_script(_RELEASE_LUA)
+        self._unreplicated_logged = False
         # Coroutines of this process queue here first, so only one per replica polls Redis.
         self._local_lock = asyncio.Lock()
 
@@ -99,16 +112,52 @@ class RedisTokenStore:
         data = tokens.to_json()
         del data["version"]
         expected = "" if expected_version is None else str(expected_version)
-        result = await self._ops.run(
-            "tokens.save",
-            lambda: self._save_script(
-                keys=[self.key], args=[expected, tokens.version, json.dumps(data)]
-            ),
+        result, acked, why = await self._ops.run(
+            "tokens.save", lambda: self._write(expected, tokens.version, json.dumps(data))
         )
+        self._note_replication(acked, why)
         stored = int(result) >= 0
         if not stored:
             log.info("tokens_save_conflict", expected_version=expected_version)
         return stored
+
+    async def _write(self, expected: str, version: int, text: str) -> tuple[int, int, str]:
+        """The CAS script, then ``WAIT 1`` on the same connection when the primary has a
+        replica: ``(script result, replicas that acknowledged, why none did)``."""
+        client = self._ops.client
+        try:
+            info = await client.info("replication")
+            replicas = int(info.get("connected_slaves", 0))
+        except ResponseError as exc:  # INFO refused (a managed Redis): write without waiting
+            replicas, why = 0, f"INFO replication refused ({exc})"
+        else:
+            why = NO_REPLICA
+        async with client.pipeline(transaction=False) as pipe:
+            await self._save_script(keys=[self.key], args=[expected, version, text], client=pipe)
+            if replicas:
+                pipe.wait(1, self._ops.timeouts.replica_wait_ms)
+            answers = await pipe.execute(raise_on_error=False)
+        if isinstance(answers[0], BaseException):
+            raise answers[0]
+        acked = 0
+        if replicas:
+            if isinstance(answers[1], BaseException):
+                why = f"WAIT refused ({answers[1]})"
+            else:
+                acked = int(answers[1])
+                why = f"no replica of {replicas} acknowledged within "
+                why += f"{self._ops.timeouts.replica_wait_ms} ms"
+        return int(answers[0]), acked, why
+
+    def _note_replication(self, acked: int, why: str) -> None:
+        """Log once when a token write was not acknowledged by a replica, and when one is again."""
+        if acked:
+            if self._unreplicated_logged:
+                log.info("tokens_replicated", replicas=acked)
+            self._unreplicated_logged = False
+        elif not self._unreplicated_logged:
+            self._unreplicated_logged = True
+            log.warning("tokens_not_replicated", reason=why)
 
     def refresh_lock(self) -> AbstractAsyncContextManager[None]:
         """Held while refreshing; excludes other coroutines here and other replicas.
