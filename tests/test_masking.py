@@ -129,7 +129,7 @@ def test_run_passes_mask_numbers_to_the_daemon_logging(
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     seen: dict[str, Any] = {}
 
-    def fake_setup(fmt: str, level: str, *, mask_numbers: bool = False) -> None:
+    def fake_setup(fmt: str, level: str, *, mask_numbers: bool = False, extra: Any = None) -> None:
         seen.update(fmt=fmt, level=level, mask_numbers=mask_numbers)
 
     def fake_run(coro: Coroutine[Any, Any, int]) -> int:
@@ -138,7 +138,8 @@ def test_run_passes_mask_numbers_to_the_daemon_logging(
 
     monkeypatch.setattr(run_command, "setup_daemon_logging", fake_setup)
     monkeypatch.setattr(runtime, "run", fake_run)
-    assert run_command._run(argparse.Namespace(config=str(path))) == 0
+    args = argparse.Namespace(config=str(path), worker=None, workers=None, supervisor_pid=None)
+    assert run_command._run(args) == 0
     assert seen == {"fmt": "json", "level": "info", "mask_numbers": True}
 
 
