@@ -70,7 +70,10 @@ class CallStore(Protocol):
 
 
 class Presence(Protocol):
-    """Which workplaces are on a call, as far as call notifications tell."""
+    """Which workplaces are on a call, as far as call notifications tell.
+
+    A change counts in :meth:`busy` of this process at once; a shared backend tells the other
+    replicas a moment later (Redis: in batches, in order)."""
 
     async def set_busy(self, workplace: str, call_id: str, ttl_s: float) -> None:
         """Mark ``workplace`` on call ``call_id`` (expires after ``ttl_s`` as a safety net)."""

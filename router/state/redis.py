@@ -14,7 +14,7 @@ key / channel                    what                                           
 ``reroute:<call id>``            hash {answered, hop, owner}: no-answer re-routes       2 h
 ``presence``                     zset "<workplace>|<call id>" -> expiry ms              longest
 ``presence:ended``               calls freed lately: a late "busy" for them is refused   1 h
-``presence:changed``             channel: JSON busy/free messages                       -
+``presence:batches``             channel: one message per batch of busy/free changes    -
 ``rules``                        hash {version, text, pushed_at, source}                none
 ``rules:changed``                channel: new version                                   -
 ``clients``                      hash number -> manager id                              none
