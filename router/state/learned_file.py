@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import secrets
 import sys
@@ -42,6 +41,7 @@ import structlog
 from router.bounds import Bound
 from router.errors import StorageError
 from router.log_limit import LineLimiter
+from router.state.memory import flock_exclusive
 from router.state.protocols import Learned
 
 log = structlog.get_logger("router.state")
@@ -237,15 +237,7 @@ class LearnedFile:
         """An ``flock`` on ``<file>.lock``, shared with other processes using the same file."""
         fd = await asyncio.to_thread(_open_lock_file, self.path)
         try:
-            deadline = time.monotonic() + LOCK_WAIT_S
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # never blocks the loop
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise StorageError(f"{self.path}.lock: held by another process") from None
-                    await asyncio.sleep(LOCK_POLL_S)
+            await flock_exclusive(fd, f"{self.path}.lock", wait_s=LOCK_WAIT_S, poll_s=LOCK_POLL_S)
             yield
         finally:
             os.close(fd)  # closing releases the flock

@@ -35,6 +35,20 @@ MAX_CLAIMS = 100_000
 """Call claims held at once: many minutes of any real traffic; a flood pushes the oldest out."""
 
 
+async def flock_exclusive(fd: int, name: str, *, wait_s: float, poll_s: float) -> None:
+    """Take an exclusive ``flock`` on ``fd`` (the lock file ``name``) without ever blocking the
+    loop: polled every ``poll_s``; :class:`StorageError` once ``wait_s`` has passed."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise StorageError(f"{name}: held by another process") from None
+            await asyncio.sleep(poll_s)
+
+
 def _log() -> Any:
     return structlog.get_logger("router.state")
 
@@ -167,15 +181,7 @@ class FileTokenStore:
         return os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
 
     async def _flock(self, fd: int) -> None:
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # never blocks the loop
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StorageError(f"{self.path}.lock: held by another process") from None
-                await asyncio.sleep(LOCK_POLL_S)
+        await flock_exclusive(fd, f"{self.path}.lock", wait_s=LOCK_WAIT_S, poll_s=LOCK_POLL_S)
 
 
 class MemoryOAuthStates:
