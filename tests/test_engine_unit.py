@@ -199,6 +199,7 @@ def make(
     calls: CallStore | None = None,
     sources: Mapping[str, CandidateSource] = DEFAULT_SOURCES,
     rollout: Rollout | None = None,
+    max_inflight: int | None = None,
 ) -> Harness:
     """A harness whose commander answers ``steps`` in order (then OK)."""
     clock = FakeClock()
@@ -221,6 +222,7 @@ def make(
         on_decision=records.append,
         rollout=rollout,
         answers=AnswerTracker(metrics),
+        max_inflight=max_inflight,
     )
     return Harness(engine, clock, commander, directory, presence, metrics, records)
 
@@ -705,19 +707,7 @@ async def test_inflight_decisions_counts_decisions_only() -> None:
 async def test_over_max_inflight_a_call_is_shed_without_a_command() -> None:
     """With max_inflight decisions in progress, the next parked call gets no command (outcome
     shed, one log line for many); once a slot is free, calls are decided again."""
-    h = make()
-    h.engine = Engine(
-        metrics=h.metrics,
-        commander=h.commander,
-        rules=FakeRules(LoadedRules(load_rules(RULES), 1, "test", 0.0)),
-        directory=h.directory,
-        calls=MemoryCallStore(),
-        presence=h.presence,
-        budget_ms=BUDGET_MS,
-        clock=h.clock,
-        on_decision=h.records.append,
-        max_inflight=1,
-    )
+    h = make(max_inflight=1)
     h.commander.hold = asyncio.Event()
     with capture_logs() as logs:
         for call_id in ("first", "second", "third"):
@@ -735,19 +725,7 @@ async def test_over_max_inflight_a_call_is_shed_without_a_command() -> None:
 async def test_the_last_slots_are_kept_for_listed_clients() -> None:
     """Near max_inflight (a flood of unknown callers), a caller the rules list as a client is
     still decided; an unknown one is shed; at the cap itself everyone is."""
-    h = make()
-    h.engine = Engine(
-        metrics=h.metrics,
-        commander=h.commander,
-        rules=FakeRules(LoadedRules(load_rules(RULES), 1, "test", 0.0)),
-        directory=h.directory,
-        calls=MemoryCallStore(),
-        presence=h.presence,
-        budget_ms=BUDGET_MS,
-        clock=h.clock,
-        on_decision=h.records.append,
-        max_inflight=5,  # one slot (a fifth) kept for listed clients
-    )
+    h = make(max_inflight=5)  # one slot (a fifth) kept for listed clients
     h.commander.hold = asyncio.Event()
     for i in range(6):
         h.engine.handle(trying(UNKNOWN, f"flood-{i}"), h.clock.t)
